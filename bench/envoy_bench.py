@@ -1,0 +1,222 @@
+"""HTTP load through a real Envoy: null baseline vs sidegate, per filter case and server model.
+
+For every round, case and backend a fresh Envoy (the bench variant of examples/envoy.yaml) is
+started in front of the already-running backend, warmed up, then loaded with wrk for a fixed
+duration. A run only counts when every response was 2xx and Envoy's counters agree with wrk:
+each request was authorised (``ext_authz.ok``) and/or rate-limited (``ratelimit.ok``) exactly
+once, and nothing was denied, limited, failed open or errored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Backend, BenchError, Envoy
+from bench.stats import Spread, paired_ratios, spread, table
+from bench.wrk import run_wrk
+
+CASE_LABELS = {
+    "none": "Envoy alone (no filters)",
+    "authz": "ext_authz only",
+    "ratelimit": "rate limit only",
+    "both": "ext_authz + rate limit",
+}
+# Envoy emits both filters' counters under the route's target cluster ("upstream").
+_AUTHZ = "cluster.upstream.ext_authz."
+_RATELIMIT = "cluster.upstream.ratelimit."
+_MUST_BE_ZERO = {
+    "authz": [_AUTHZ + s for s in ("denied", "error", "failure_mode_allowed", "disabled")],
+    "ratelimit": [_RATELIMIT + s for s in ("error", "over_limit", "failure_mode_allowed")],
+    "http": ["http.ingress.downstream_rq_4xx", "http.ingress.downstream_rq_5xx"],
+}
+
+
+@dataclass(frozen=True)
+class EnvoyBenchOptions:
+    runs: int = 3
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    connections: int = 32
+    wrk_threads: int = 2
+    envoy_concurrency: int = 1
+    cases: tuple[str, ...] = ("authz", "ratelimit", "both")
+    path: str = "/bench"
+
+
+@dataclass
+class EnvoyRun:
+    round: int
+    case: str
+    backend: str
+    rps: float
+    requests: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _delta(before: dict[str, int], after: dict[str, int], name: str) -> int:
+    return after.get(name, 0) - before.get(name, 0)
+
+
+def verify_run(case: str, requests: int, wrk_errors: dict[str, int], before: dict[str, int],
+               after: dict[str, int], connections: int) -> dict[str, int]:
+    """Raise BenchError unless the run is trustworthy; return the counters checked.
+
+    wrk stops with up to one request in flight per connection: Envoy may have finished
+    those (counted by Envoy, not by wrk), hence the tolerance of ``connections``.
+    """
+    if requests == 0:
+        raise BenchError(f"[{case}] wrk completed no request")
+    bad = {k: v for k, v in wrk_errors.items() if v}
+    if bad:
+        raise BenchError(f"[{case}] wrk saw errors (status = non-2xx responses): {bad}")
+    checked: dict[str, int] = {}
+    expected = ["http.ingress.downstream_rq_2xx"]
+    zero = list(_MUST_BE_ZERO["http"])
+    if case in ("authz", "both"):
+        expected.append(_AUTHZ + "ok")
+        zero += _MUST_BE_ZERO["authz"]
+    if case in ("ratelimit", "both"):
+        expected.append(_RATELIMIT + "ok")
+        zero += _MUST_BE_ZERO["ratelimit"]
+    problems = []
+    for name in expected:
+        count = checked[name] = _delta(before, after, name)
+        if not requests <= count <= requests + connections:
+            problems.append(f"{name} = {count} (expected {requests}..{requests + connections})")
+    for name in zero:
+        count = checked[name] = _delta(before, after, name)
+        if count:
+            problems.append(f"{name} = {count} (expected 0)")
+    if problems:
+        raise BenchError(f"[{case}] Envoy's counters disagree with wrk's {requests} requests: "
+                         + "; ".join(problems))
+    return checked
+
+
+def run_one(workdir: Path, case: str, backend: Backend | None, backend_port: int,
+            opts: EnvoyBenchOptions, round_index: int) -> EnvoyRun:
+    envoy = Envoy(workdir, case, backend_port, opts.envoy_concurrency)
+    envoy.start()
+    try:
+        url = f"http://127.0.0.1:{envoy.port}{opts.path}"
+        common = {"connections": opts.connections, "threads": opts.wrk_threads,
+                  "workdir": workdir}
+        if opts.warmup_s > 0:
+            run_wrk(url, duration_s=opts.warmup_s, **common)  # type: ignore[arg-type]
+        before = envoy.counters()
+        result = run_wrk(url, duration_s=opts.duration_s, **common)  # type: ignore[arg-type]
+        # Let Envoy finish the requests wrk abandoned at the deadline before reading counters.
+        time.sleep(0.3)
+        after = envoy.counters()
+        envoy.child.check_alive()
+        if backend is not None:
+            backend.child.check_alive()
+        counters = verify_run(case, result.requests, result.errors, before, after,
+                              opts.connections)
+    except BenchError as exc:
+        label = "envoy alone" if backend is None else backend.label
+        logs = f"--- envoy log tail ---\n{envoy.child.tail(1500)}"
+        if backend is not None:
+            logs += f"\n--- {label} log tail ---\n{backend.child.tail(2500)}"
+        raise BenchError(f"{label}, round {round_index}: {exc}\n{logs}") from None
+    finally:
+        envoy.stop()
+    return EnvoyRun(
+        round=round_index, case=case,
+        backend="envoy" if backend is None else backend.label,
+        rps=result.rps, requests=result.requests, p50_ms=result.p50_ms, p90_ms=result.p90_ms,
+        p99_ms=result.p99_ms, max_ms=result.max_ms, counters=counters,
+    )
+
+
+def run_envoy_bench(workdir: Path, backends: Sequence[Backend], opts: EnvoyBenchOptions,
+                    progress: Callable[[str], None] = print) -> list[EnvoyRun]:
+    """Rounds outermost, so every backend of a case sees roughly the same machine load."""
+    if not backends:
+        raise BenchError("no backend to benchmark")
+    runs: list[EnvoyRun] = []
+    for round_index in range(1, opts.runs + 1):
+        for case in opts.cases:
+            targets: list[Backend | None] = [None] if case == "none" else list(backends)
+            for backend in targets:
+                port = (backend or backends[0]).grpc_port
+                run = run_one(workdir, case, backend, port, opts, round_index)
+                runs.append(run)
+                progress(
+                    f"  round {round_index} {case:<9} {run.backend:<16} {run.rps:>9,.0f} req/s"
+                    f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
+                )
+    return runs
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    case: str
+    backend: str
+    rps: Spread
+    p50_ms: Spread
+    p99_ms: Spread
+    vs_null: Spread | None  # sidegate / null with the same server model, paired per round
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["vs_null"] = None if self.vs_null is None else self.vs_null.as_dict()
+        return data
+
+
+def _by_round(runs: Sequence[EnvoyRun], case: str, backend: str) -> dict[int, float]:
+    return {r.round: r.rps for r in runs if r.case == case and r.backend == backend}
+
+
+def summarize(runs: Sequence[EnvoyRun]) -> list[CaseSummary]:
+    out = []
+    keys = list(dict.fromkeys((r.case, r.backend) for r in runs))
+    for case, backend in keys:
+        mine = [r for r in runs if r.case == case and r.backend == backend]
+        vs_null = None
+        kind, _, model = backend.partition("/")
+        if kind == "sidegate":
+            vs_null = paired_ratios(_by_round(runs, case, backend),
+                                    _by_round(runs, case, f"null/{model}"))
+            vs_null = vs_null if vs_null.n else None
+        out.append(CaseSummary(
+            case=case, backend=backend, rps=spread([r.rps for r in mine]),
+            p50_ms=spread([r.p50_ms for r in mine]), p99_ms=spread([r.p99_ms for r in mine]),
+            vs_null=vs_null,
+        ))
+    return out
+
+
+def model_comparison(runs: Sequence[EnvoyRun], kind: str = "sidegate") -> dict[str, Spread]:
+    """threads / aio req/s per case for one backend kind, paired per round."""
+    out = {}
+    for case in dict.fromkeys(r.case for r in runs):
+        ratio = paired_ratios(_by_round(runs, case, f"{kind}/threads"),
+                              _by_round(runs, case, f"{kind}/aio"))
+        if ratio.n:
+            out[case] = ratio
+    return out
+
+
+def render(summaries: Sequence[CaseSummary], runs: Sequence[EnvoyRun]) -> str:
+    rows = [
+        [CASE_LABELS.get(s.case, s.case), s.backend, s.rps.fmt(), s.p50_ms.fmt(2),
+         s.p99_ms.fmt(2), "-" if s.vs_null is None else s.vs_null.fmt(2)]
+        for s in summaries
+    ]
+    text = table(["case", "server", "req/s median (min-max)", "p50 ms", "p99 ms",
+                  "sidegate/null same model"], rows)
+    lines = [text, ""]
+    for kind in ("sidegate", "null"):
+        for case, ratio in model_comparison(runs, kind).items():
+            lines.append(f"{kind}: threads/aio req/s, {CASE_LABELS.get(case, case)}: "
+                         f"{ratio.fmt(2)}")
+    return "\n".join(lines)

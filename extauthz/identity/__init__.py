@@ -1,0 +1,1 @@
+"""Who is calling: credential location, verifiers (jwt, api_key, introspection, anonymous)."""

@@ -1,0 +1,197 @@
+"""API keys from a YAML file, reloaded when it changes; a bad file keeps the previous set.
+
+File shape::
+
+    keys:
+      - digest: <64 hex>          # sidegate keys hash KEY
+        consumer: acme
+        tier: premium
+        roles: [reader]
+        scopes: [orders:read]
+        services: [orders]        # optional: valid only for these route services
+        expires_at: 2030-01-01T00:00:00Z
+        disabled: false
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from pydantic import ValidationError
+
+from extauthz.identity import metrics
+from extauthz.identity.api_keys.record import ApiKeyRecord
+from extauthz.identity.api_keys.store import KeyStoreError
+
+log = structlog.get_logger("sidegate.identity.api_keys")
+
+
+def _stat_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def parse_key_file(path: Path) -> dict[str, ApiKeyRecord]:
+    """Read and validate the whole file; raise KeyStoreError rather than return a partial set."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise KeyStoreError(f"{path}:{where} invalid YAML") from None
+    if document is None:
+        document = {"keys": []}
+    if not isinstance(document, Mapping) or set(document) - {"keys"}:
+        raise KeyStoreError(f"{path}: expected a mapping with a single 'keys' list")
+    entries = document.get("keys") or []
+    if not isinstance(entries, list):
+        raise KeyStoreError(f"{path}: 'keys' must be a list")
+    records: dict[str, ApiKeyRecord] = {}
+    for index, entry in enumerate(entries):
+        try:
+            record = ApiKeyRecord.model_validate(entry)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise KeyStoreError(f"{path}: keys[{index}]: {problems}") from None
+        if record.digest in records:
+            raise KeyStoreError(f"{path}: keys[{index}]: duplicate digest")
+        records[record.digest] = record
+    return records
+
+
+def _dump(records: Iterable[ApiKeyRecord]) -> str:
+    entries: list[dict[str, Any]] = []
+    for record in records:
+        entry = record.model_dump(mode="json", exclude_defaults=True)
+        entry["digest"] = record.digest
+        entry["consumer"] = record.consumer
+        entries.append(entry)
+    return yaml.safe_dump({"keys": entries}, sort_keys=False)
+
+
+def write_key_file(path: Path, records: Iterable[ApiKeyRecord]) -> None:
+    """Replace the file atomically (temp file + rename), so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_dump(records))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+class FileKeyStore:
+    """Holds the parsed file in memory; lookups are a dict access by digest."""
+
+    kind = "file"
+
+    def __init__(self, path: Path, *, reload_interval: float = 2.0) -> None:
+        self.path = path
+        self.reload_interval = reload_interval
+        self._records: dict[str, ApiKeyRecord] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self._records)
+
+    def load(self) -> None:
+        """Initial load: a bad file is fatal here (startup must name the problem)."""
+        signature = _stat_signature(self.path)
+        if signature is None:
+            raise KeyStoreError(f"{self.path}: API key file does not exist")
+        self._records = parse_key_file(self.path)
+        self._signature = signature
+        metrics.API_KEYS_LOADED.labels("file").set(len(self._records))
+
+    def check_for_changes(self) -> bool:
+        """Reload when the file changed; returns True when a new set was installed."""
+        signature = _stat_signature(self.path)
+        if signature == self._signature:
+            return False
+        self._signature = signature
+        if signature is None:
+            metrics.API_KEY_RELOADS.labels("error").inc()
+            log.warning("api key file missing, keeping previous keys", path=str(self.path))
+            return False
+        try:
+            records = parse_key_file(self.path)
+        except KeyStoreError as exc:
+            metrics.API_KEY_RELOADS.labels("error").inc()
+            log.warning(
+                "api key file rejected, keeping previous keys",
+                error=str(exc),
+                keys=len(self._records),
+            )
+            return False
+        # One reference swap: a concurrent lookup sees the old set or the new, never a mix.
+        self._records = records
+        metrics.API_KEY_RELOADS.labels("ok").inc()
+        metrics.API_KEYS_LOADED.labels("file").set(len(records))
+        log.info("api key file reloaded", path=str(self.path), keys=len(records))
+        return True
+
+    async def lookup(self, digest: str) -> ApiKeyRecord | None:
+        return self._records.get(digest)
+
+    async def add(self, record: ApiKeyRecord) -> None:
+        records = parse_key_file(self.path) if self.path.exists() else {}
+        if record.digest in records:
+            raise KeyStoreError(f"{self.path}: a key with this digest already exists")
+        records[record.digest] = record
+        write_key_file(self.path, records.values())
+
+    async def revoke(self, digest: str) -> bool:
+        if not self.path.exists():
+            return False
+        records = parse_key_file(self.path)
+        if records.pop(digest, None) is None:
+            return False
+        write_key_file(self.path, records.values())
+        return True
+
+    async def start(self) -> None:
+        if self._signature is None:
+            self.load()
+        if self.reload_interval > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="api-key-file-watch")
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.reload_interval)
+            try:
+                self.check_for_changes()
+            except Exception:  # the watcher must outlive any surprise; the old set stays
+                log.exception("api key file watch failed", path=str(self.path))

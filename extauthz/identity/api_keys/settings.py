@@ -1,0 +1,56 @@
+"""Settings of a ``type: api_key`` identity source: where keys are read, and the key store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from extauthz.identity.api_keys.redis_store import DEFAULT_PREFIX
+from extauthz.identity.source import CredentialLocation, SourceSettings, _Strict, resolve_path
+
+
+class FileStoreSettings(_Strict):
+    type: Literal["file"]
+    path: Path
+    # seconds between checks of the file for changes; 0 reads it once at start
+    reload_interval: float = Field(default=2.0, ge=0)
+
+    _resolve_path = field_validator("path")(resolve_path)
+
+
+class RedisStoreSettings(_Strict):
+    type: Literal["redis"]
+    url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+    prefix: str = DEFAULT_PREFIX
+    # local cache of lookups: a new or revoked key is seen by every instance within these
+    cache_ttl: float = Field(default=5.0, ge=0)
+    negative_cache_ttl: float = Field(default=1.0, ge=0)
+    cache_size: int = Field(default=10_000, ge=1)
+    timeout: float = Field(default=0.5, gt=0)
+
+
+KeyStoreSettings = Annotated[FileStoreSettings | RedisStoreSettings, Field(discriminator="type")]
+
+
+def _api_key_header() -> CredentialLocation:
+    return CredentialLocation(header="x-api-key")
+
+
+class ApiKeySourceSettings(SourceSettings):
+    type: Literal["api_key"]
+    credential: CredentialLocation = Field(default_factory=_api_key_header)
+    # more places a key may come from, e.g. [{header: authorization, prefix: "ApiKey "},
+    # {query: api_key}]; two different keys across all of them are a 401
+    also_accept: list[CredentialLocation] = Field(default_factory=list)
+    scheme: str = "ApiKey"
+    store: KeyStoreSettings
+    # environment variable holding a pepper: digests become HMAC-SHA256(pepper, key)
+    pepper_env: str | None = None
+    # the context extension naming the route's service (else the request host is used)
+    service_extension: str = "service"
+
+    @property
+    def locations(self) -> tuple[CredentialLocation, ...]:
+        return (self.credential, *self.also_accept)

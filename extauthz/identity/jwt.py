@@ -1,0 +1,305 @@
+"""Verifying a bearer JWT against the source's trusted issuers (RFC 7519, RFC 8725 checks).
+
+Order of checks, cheapest first: size caps, structure (three base64url segments, JSON
+objects), issuer (selects the key set: each issuer is bound to its own keys), algorithm on
+that issuer's allow-list (the token's ``alg`` only selects among allowed ones), no ``crit``
+(no extension is supported), optional ``typ``, ``kid`` shape; then the signature, ``iss``,
+``aud`` and required claims (PyJWT), then time claims against our clock with leeway.
+``jku``/``x5u``/``jwk``/``x5c`` headers are never read: keys come from configuration only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jwt as pyjwt
+import structlog
+
+from extauthz.identity.base import AuthnFailure, Identity, reject
+from extauthz.identity.fetch import JsonFetcher
+from extauthz.identity.jwks import (
+    KeySet,
+    KeysUnavailable,
+    RemoteKeySet,
+    StaticKeySet,
+    UnknownKid,
+    VerificationKey,
+)
+from extauthz.identity.jwt_settings import ClaimMapping, IssuerSettings, JwtSourceSettings
+from extauthz.identity.token_cache import VerifiedTokenCache
+
+if TYPE_CHECKING:
+    from extauthz.request_view import RequestView
+
+log = structlog.get_logger("sidegate.identity")
+
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+_KID = re.compile(r"^[\x21-\x7e]+$")
+_PUBLIC = {
+    "expired": "token expired",
+    "not_yet_valid": "token not yet valid",
+    "wrong_audience": "invalid audience",
+}
+
+
+def _fail(code: str, reason: str) -> AuthnFailure:
+    return reject(code, reason, public_reason=_PUBLIC.get(code, "invalid token"))
+
+
+def _b64_json(segment: str, what: str) -> dict[str, Any]:
+    if not _B64URL.match(segment):
+        raise _fail("malformed", f"{what} is not base64url")
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise _fail("malformed", f"{what} is not base64url-encoded JSON") from exc
+    if not isinstance(value, dict):
+        raise _fail("malformed", f"{what} is not a JSON object")
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _lookup(claims: dict[str, Any], path: str) -> Any:
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _first_string(claims: dict[str, Any], paths: list[str]) -> str | None:
+    for path in paths:
+        value = _lookup(claims, path)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _string_list(claims: dict[str, Any], paths: list[str]) -> tuple[str, ...]:
+    """The first present claim as strings: an array, or a space-separated string."""
+    for path in paths:
+        value = _lookup(claims, path)
+        if isinstance(value, str):
+            return tuple(value.split())
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str))
+    return ()
+
+
+def map_claims(
+    claims: dict[str, Any], mapping: ClaimMapping, *, source: str, method: str = "jwt"
+) -> Identity:
+    subject = _first_string(claims, mapping.subject)
+    if subject is None:
+        raise _fail("missing_claim", f"no subject claim ({', '.join(mapping.subject)})")
+    return Identity(
+        method=method,
+        subject=subject,
+        consumer=_first_string(claims, mapping.consumer) or subject,
+        tier=_first_string(claims, mapping.tier) or mapping.default_tier,
+        scopes=_string_list(claims, mapping.scopes),
+        roles=_string_list(claims, mapping.roles),
+        claims=claims,
+        source=source,
+    )
+
+
+class _Issuer:
+    def __init__(self, settings: IssuerSettings, keys: KeySet) -> None:
+        self.settings = settings
+        self.keys = keys
+        self.algorithms = frozenset(settings.algorithms)
+        typ = settings.typ
+        self.typ = typ.lower().removeprefix("application/") if typ else None
+
+
+class JwtVerifier:
+    """A ``type: jwt`` source: several issuers, each with its own keys and checks."""
+
+    method = "jwt"
+
+    def __init__(
+        self,
+        source: JwtSourceSettings,
+        *,
+        fetcher: JsonFetcher | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self._clock = clock
+        self._fetcher = fetcher or JsonFetcher()
+        self.issuers: dict[str, _Issuer] = {}
+        for issuer in source.issuers:
+            keys: KeySet = (
+                StaticKeySet(issuer)
+                if issuer.keys
+                else RemoteKeySet(issuer, self._fetcher, clock=monotonic)
+            )
+            self.issuers[issuer.issuer] = _Issuer(issuer, keys)
+        self.cache = (
+            VerifiedTokenCache(
+                source.name,
+                max_entries=source.token_cache_entries,
+                max_ttl_seconds=source.token_cache_max_ttl_seconds,
+                clock=clock,
+            )
+            if source.token_cache
+            else None
+        )
+
+    async def start(self) -> None:
+        for issuer in self.issuers.values():
+            await issuer.keys.start()
+
+    async def close(self) -> None:
+        for issuer in self.issuers.values():
+            await issuer.keys.close()
+        await self._fetcher.close()
+
+    async def verify(self, credential: str, view: RequestView) -> Identity:
+        source = self.source
+        if len(credential) > source.max_token_bytes:
+            raise _fail("too_large", f"token of {len(credential)} bytes > {source.max_token_bytes}")
+        cache_key = None
+        if self.cache is not None:
+            cache_key = self.cache.key(credential)
+            cached = self.cache.get(cache_key)
+            if cached is not None:
+                return cached
+        claims = await self._verify(credential)
+        identity = map_claims(claims, self._issuer_of(claims).settings.claims, source=source.name)
+        if self.cache is not None and cache_key is not None:
+            self.cache.put(cache_key, identity, float(claims["exp"]))
+        return identity
+
+    def _issuer_of(self, claims: dict[str, Any]) -> _Issuer:
+        return self.issuers[claims["iss"]]
+
+    async def _verify(self, token: str) -> dict[str, Any]:
+        source = self.source
+        if not token:
+            raise _fail("malformed", "empty token")
+        segments = token.split(".")
+        if len(segments) != 3:
+            # five segments would be a JWE; more is a parser DoS attempt
+            raise _fail("malformed", f"token has {len(segments)} segments, not 3")
+        header_b64, payload_b64, _ = segments
+        if len(header_b64) > source.max_header_bytes * 4 // 3 + 4:
+            raise _fail("too_large", f"JOSE header > {source.max_header_bytes} bytes")
+        header = _b64_json(header_b64, "JOSE header")
+        unverified = _b64_json(payload_b64, "payload")
+
+        iss = unverified.get("iss")
+        issuer = self.issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise _fail("unknown_issuer", f"issuer {str(iss)[:100]!r} is not trusted")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
+            raise _fail("alg_not_allowed", f"alg {str(alg)[:20]!r} not allowed for {iss!r}")
+        if "crit" in header:
+            raise _fail("crit_unsupported", "token has critical header extensions")
+        if issuer.typ is not None:
+            typ = header.get("typ")
+            if not isinstance(typ, str) or typ.lower().removeprefix("application/") != issuer.typ:
+                raise _fail("bad_typ", f"typ {str(typ)[:40]!r} is not {issuer.settings.typ!r}")
+        kid = header.get("kid")
+        if kid is not None and (
+            not isinstance(kid, str) or len(kid) > source.max_kid_length or not _KID.match(kid)
+        ):
+            raise _fail("malformed", "kid is not a short printable string")
+
+        try:
+            keys = await issuer.keys.candidates(kid, alg)
+        except KeysUnavailable as exc:
+            raise reject(
+                "keys_unavailable",
+                str(exc),
+                kind="unavailable",
+                public_reason="identity provider unavailable",
+            ) from exc
+        except UnknownKid as exc:
+            raise _fail("unknown_kid", str(exc)) from exc
+        claims = self._check_signature(token, keys, alg, issuer)
+        self._check_times(claims, issuer.settings)
+        return claims
+
+    def _check_signature(
+        self, token: str, keys: list[VerificationKey], alg: str, issuer: _Issuer
+    ) -> dict[str, Any]:
+        settings = issuer.settings
+        options: Any = {
+            "verify_signature": True,
+            # time claims are checked by _check_times, against our (injectable) clock
+            "verify_exp": False,
+            "verify_nbf": False,
+            "verify_iat": False,
+            "verify_aud": bool(settings.audiences),
+            "verify_iss": True,
+            "require": ["iss", *settings.required_claims],
+        }
+        last: Exception | None = None
+        for key in keys:
+            try:
+                return pyjwt.decode(
+                    token,
+                    key.key,
+                    algorithms=[alg],
+                    issuer=settings.issuer,
+                    audience=settings.audiences or None,
+                    options=options,
+                )
+            except pyjwt.InvalidSignatureError as exc:
+                last = exc
+                continue
+            except pyjwt.MissingRequiredClaimError as exc:
+                code = "wrong_audience" if exc.claim == "aud" else "missing_claim"
+                raise _fail(code, f"required claim {exc.claim!r} missing") from exc
+            except pyjwt.InvalidAudienceError as exc:
+                raise _fail("wrong_audience", f"audience check failed: {exc}") from exc
+            except pyjwt.InvalidIssuerError as exc:
+                raise _fail("wrong_issuer", f"issuer check failed: {exc}") from exc
+            except pyjwt.InvalidAlgorithmError as exc:
+                raise _fail("alg_not_allowed", f"algorithm rejected: {exc}") from exc
+            except pyjwt.DecodeError as exc:
+                raise _fail("malformed", f"token could not be decoded: {exc}") from exc
+            except pyjwt.InvalidTokenError as exc:
+                raise _fail("invalid_claim", f"{type(exc).__name__}: {exc}") from exc
+        raise _fail("bad_signature", f"signature did not verify with {len(keys)} key(s)") from last
+
+    def _check_times(self, claims: dict[str, Any], settings: IssuerSettings) -> None:
+        now = self._clock()
+        leeway = settings.leeway_seconds
+        exp = claims.get("exp")
+        if exp is None:
+            raise _fail("missing_claim", "required claim 'exp' missing")
+        for name in ("exp", "nbf", "iat"):
+            if name in claims and not _is_number(claims[name]):
+                raise _fail("invalid_claim", f"claim {name!r} is not a number")
+        if exp <= now - leeway:
+            raise _fail("expired", f"token expired {now - exp:.0f}s ago (leeway {leeway:g}s)")
+        nbf = claims.get("nbf")
+        if nbf is not None and nbf > now + leeway:
+            raise _fail("not_yet_valid", f"nbf is {nbf - now:.0f}s in the future")
+        iat = claims.get("iat")
+        if iat is not None and iat > now + leeway:
+            raise _fail("not_yet_valid", f"iat is {iat - now:.0f}s in the future")
+        if settings.max_lifetime_seconds is not None:
+            if iat is None:
+                raise _fail("missing_claim", "iat is required to check the token lifetime")
+            if exp - iat > settings.max_lifetime_seconds:
+                raise _fail(
+                    "lifetime_too_long",
+                    f"lifetime {exp - iat:.0f}s > {settings.max_lifetime_seconds:g}s",
+                )

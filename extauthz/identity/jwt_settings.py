@@ -1,0 +1,146 @@
+"""Settings of a ``type: jwt`` identity source: issuers, their keys, checks and claim mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from extauthz.identity.source import SourceSettings, _Strict, resolve_path
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {
+        "RS256", "RS384", "RS512",
+        "PS256", "PS384", "PS512",
+        "ES256", "ES384", "ES512",
+        "EdDSA",
+    }
+)  # fmt: skip
+Algorithm = Literal[
+    "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512",
+    "EdDSA",
+    "HS256", "HS384", "HS512",
+]  # fmt: skip
+
+# RFC 8725 §3.5 / RFC 7518 §3.2: an HMAC key at least as long as the hash output
+MIN_HMAC_SECRET_BYTES = 32
+
+
+class StaticKey(_Strict):
+    """One key given in config: a public key (PEM text or file, or a JWK) or an HMAC secret."""
+
+    kid: str | None = None
+    pem: str | None = None
+    pem_file: Path | None = None
+    jwk: dict[str, Any] | None = None
+    secret: str | None = None
+    secret_file: Path | None = None
+
+    _resolve_pem_file = field_validator("pem_file")(resolve_path)
+    _resolve_secret_file = field_validator("secret_file")(resolve_path)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StaticKey:
+        given = [v for v in (self.pem, self.pem_file, self.jwk, self.secret, self.secret_file)]
+        if sum(v is not None for v in given) != 1:
+            raise ValueError("set exactly one of pem, pem_file, jwk, secret, secret_file")
+        if self.jwk is not None and (self.jwk.get("kty") == "oct" or "d" in self.jwk):
+            raise ValueError("jwk must be a public key (HMAC secrets go in secret/secret_file)")
+        return self
+
+    @property
+    def is_secret(self) -> bool:
+        return self.secret is not None or self.secret_file is not None
+
+
+class JwksSettings(_Strict):
+    """How remote keys (discovery / jwks_uri) are fetched and cached."""
+
+    ttl_seconds: float = Field(default=600.0, gt=0)
+    # an unknown kid may trigger at most one refetch per cooldown
+    cooldown_seconds: float = Field(default=30.0, ge=0)
+    # after a failed fetch, wait this long before trying again
+    retry_seconds: float = Field(default=5.0, ge=0)
+    timeout_seconds: float = Field(default=5.0, gt=0)
+    max_bytes: int = Field(default=256 * 1024, gt=0)
+    max_keys: int = Field(default=64, gt=0)
+    max_unknown_kids: int = Field(default=1024, gt=0)
+
+
+class ClaimMapping(_Strict):
+    """Which claims become Identity fields; each list is tried in order, first present wins.
+
+    Names may be dotted paths into nested objects (``realm_access.roles``).
+    """
+
+    subject: list[str] = Field(default_factory=lambda: ["sub"])
+    consumer: list[str] = Field(default_factory=lambda: ["azp", "client_id", "sub"])
+    tier: list[str] = Field(default_factory=lambda: ["tier"])
+    default_tier: str = "default"
+    roles: list[str] = Field(default_factory=lambda: ["roles"])
+    # a space-separated string (``scope``) or an array (``scp``)
+    scopes: list[str] = Field(default_factory=lambda: ["scope", "scp"])
+
+
+class IssuerSettings(_Strict):
+    """One trusted issuer, bound to its own keys."""
+
+    issuer: str = Field(min_length=1)
+    # keys from exactly one of: OIDC discovery on ``issuer``, a JWKS URL, static keys
+    discovery: bool = False
+    jwks_uri: str | None = None
+    keys: list[StaticKey] = Field(default_factory=list)
+    algorithms: list[Algorithm] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    audiences: list[str] = Field(default_factory=list)
+    # e.g. "at+jwt" (RFC 9068); compared case-insensitively, "application/" prefix optional
+    typ: str | None = None
+    leeway_seconds: float = Field(default=30.0, ge=0)
+    max_lifetime_seconds: float | None = Field(default=None, gt=0)
+    required_claims: list[str] = Field(default_factory=list)
+    claims: ClaimMapping = Field(default_factory=ClaimMapping)
+    jwks: JwksSettings = Field(default_factory=JwksSettings)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSettings:
+        sources = [self.discovery, self.jwks_uri is not None, bool(self.keys)]
+        if sum(sources) != 1:
+            raise ValueError(
+                f"issuer {self.issuer!r}: set exactly one of discovery, jwks_uri, keys"
+            )
+        hmac = set(self.algorithms) & HMAC_ALGORITHMS
+        asym = set(self.algorithms) & ASYMMETRIC_ALGORITHMS
+        secrets = [k for k in self.keys if k.is_secret]
+        if hmac and asym:
+            raise ValueError(
+                f"issuer {self.issuer!r}: HMAC and asymmetric algorithms cannot be mixed"
+            )
+        if hmac and (not self.keys or len(secrets) != len(self.keys)):
+            raise ValueError(
+                f"issuer {self.issuer!r}: HMAC algorithms need static secret keys and only those"
+            )
+        if secrets and not hmac:
+            raise ValueError(f"issuer {self.issuer!r}: secret keys need HMAC algorithms")
+        return self
+
+
+class JwtSourceSettings(SourceSettings):
+    type: Literal["jwt"]
+    issuers: list[IssuerSettings] = Field(min_length=1)
+    max_token_bytes: int = Field(default=8192, gt=0)
+    max_header_bytes: int = Field(default=1024, gt=0)
+    max_kid_length: int = Field(default=128, gt=0)
+    # verified-token cache: SHA-256(token) -> Identity, never past the token's exp
+    token_cache: bool = True
+    token_cache_entries: int = Field(default=10_000, gt=0)
+    token_cache_max_ttl_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> JwtSourceSettings:
+        names = [i.issuer for i in self.issuers]
+        if len(names) != len(set(names)):
+            raise ValueError("each issuer may appear once per source")
+        return self

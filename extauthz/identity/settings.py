@@ -1,0 +1,68 @@
+"""The ``authz.identity`` config section: ordered identity sources plus pipeline options.
+
+Adding a verifier type: define its ``SourceSettings`` subclass (with ``type: Literal["x"]``)
+in its own module, add it to ``IdentitySource`` below, and register its verifier factory in
+``extauthz.identity.registry``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from extauthz.identity.api_keys.settings import ApiKeySourceSettings
+from extauthz.identity.introspection_settings import IntrospectionSourceSettings
+from extauthz.identity.jwt_settings import JwtSourceSettings
+from extauthz.identity.source import RouteLimits, SourceSettings, _Strict
+
+IdentitySource = Annotated[
+    JwtSourceSettings | ApiKeySourceSettings | IntrospectionSourceSettings,
+    Field(discriminator="type"),
+]
+
+# Identity fields an upstream header can carry (see ``IdentitySettings.upstream_headers``).
+IDENTITY_FIELDS = ("subject", "consumer", "tier", "roles", "scopes", "method", "source")
+
+
+class IdentitySettings(_Strict):
+    sources: list[IdentitySource] = Field(default_factory=list)
+    # requests without a credential on these routes become the anonymous identity; e.g.
+    # [{context_extensions: {auth: anonymous}}, {path_prefixes: [/public/]}]
+    anonymous: list[RouteLimits] = Field(default_factory=list)
+    # upstream header name -> identity field (subject, consumer, tier, roles, scopes, method,
+    # source, or "claim:<name>"); client-sent copies of these headers never reach upstream
+    upstream_headers: dict[str, str] = Field(default_factory=dict)
+    # remove the credential (header / cookie) before the request goes upstream
+    strip_credential: bool = False
+    realm: str = Field(default="sidegate", pattern=r'^[^"\\\r\n]*$')
+
+    @field_validator("upstream_headers")
+    @classmethod
+    def _known_fields(cls, value: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for header, fld in value.items():
+            if fld not in IDENTITY_FIELDS and not (fld.startswith("claim:") and len(fld) > 6):
+                raise ValueError(
+                    f"upstream header {header!r}: unknown identity field {fld!r} "
+                    f"(one of {', '.join(IDENTITY_FIELDS)} or claim:<name>)"
+                )
+            name = header.lower()
+            if name.startswith(":") or name == "host":
+                raise ValueError(f"upstream header {header!r} cannot be set by ext_authz")
+            out[name] = fld
+        return out
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> IdentitySettings:
+        names = [s.name for s in self.sources]
+        if len(names) != len(set(names)):
+            raise ValueError("identity source names must be unique")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.sources)
+
+
+__all__ = ["IdentitySettings", "IdentitySource", "RouteLimits", "SourceSettings"]

@@ -1,0 +1,1 @@
+"""Policy engines (embedded regopy, remote OPA) and the decision model."""

@@ -1,0 +1,72 @@
+"""``sidegate policy test [DIR]`` and ``sidegate policy eval --input FILE [--path P]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from extauthz.policy import testing
+from extauthz.policy.decision import DecisionError, parse_decision
+from extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
+from extauthz.policy.engine import UNDEFINED, PolicyError
+
+DEFAULT_DIRECTORY = Path("policies")
+DEFAULT_PATH = "envoy/authz/allow"
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    return testing.report(args.directory, sys.stdout, timeout=args.timeout)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        input_doc = json.loads(Path(args.input).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
+        return 2
+    engine = EmbeddedEngine(args.policies)
+    try:
+        engine.load()
+        result = engine.evaluate_json(args.path, json.dumps(input_doc))
+    except PolicyCompileError as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(f"sidegate: {args.path}: {exc.reason}", file=sys.stderr)
+        return 1
+    output: dict[str, object] = {"path": args.path.strip("/")}
+    if result.value is not UNDEFINED:
+        output["result"] = result.value
+    # Whether sidegate could use it as a Check decision, and why not.
+    try:
+        output["allowed"] = parse_decision(result.value).allowed
+    except DecisionError as exc:
+        output["error"] = str(exc)
+    print(json.dumps(output, indent=2, sort_keys=True))
+    return 0 if "allowed" in output else 1
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    policy = subparsers.add_parser("policy", help="test and evaluate Rego policies")
+    commands = policy.add_subparsers(dest="policy_command", required=True)
+
+    test = commands.add_parser(
+        "test", help="run the test_* rules of *_test.rego files (like opa test)"
+    )
+    test.add_argument(
+        "directory", type=Path, nargs="?", default=DEFAULT_DIRECTORY, help="policy directory"
+    )
+    test.add_argument(
+        "--timeout", type=float, default=testing.DEFAULT_TIMEOUT, help="seconds per test rule"
+    )
+    test.set_defaults(handler=_cmd_test)
+
+    evaluate = commands.add_parser("eval", help="print the decision for one input document")
+    evaluate.add_argument("--input", required=True, help="input document (JSON file)")
+    evaluate.add_argument("--path", default=DEFAULT_PATH, help="decision path")
+    evaluate.add_argument(
+        "--policies", type=Path, default=DEFAULT_DIRECTORY, help="policy directory"
+    )
+    evaluate.set_defaults(handler=_cmd_eval)

@@ -1,0 +1,302 @@
+"""In-process Rego evaluation with regopy (rego-cpp): policies compiled once into a bundle.
+
+Every rule of every policy module is compiled as a bundle entrypoint, so a route may select any
+decision path through ``context_extensions`` without a rebuild. A path that names no rule is an
+*undefined* decision, as in OPA: rego-cpp 1.5.2 answers a query for an entrypoint that names no
+rule with the value of another one, so such a path is never handed to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import regopy
+import structlog
+
+from extauthz.errors import AuthzConfigError
+from extauthz.policy import metrics
+from extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
+from extauthz.policy.sources import (
+    PolicySourceError,
+    PolicySources,
+    RegoModule,
+    fingerprint,
+    read_sources,
+)
+
+log = structlog.get_logger("sidegate.policy")
+
+ENGINE_NAME = "embedded"
+
+_ERROR_HEAD = re.compile(r"\(error (\d+):")
+_LOCATION = re.compile(r"\|(\d+)\|(\d+)")
+_MESSAGE = re.compile(r"\(errormsg (\d+):")
+
+
+# rego-cpp 1.5.2 resolves ``object.get`` in package ``app.main`` to a sibling package
+# ``app.object`` and fails every query; such package names are refused at load.
+BUILTIN_NAMESPACES = frozenset(
+    {
+        "array", "base64", "base64url", "bits", "crypto", "glob", "graph", "graphql", "hex",
+        "http", "io", "json", "net", "numbers", "object", "opa", "providers", "rand", "regex",
+        "rego", "semver", "strings", "time", "units", "urlquery", "uuid", "yaml",
+    }
+)  # fmt: skip
+
+
+class PolicyCompileError(AuthzConfigError):
+    """The policy directory does not compile; the message names the file and line."""
+
+
+def _length_prefixed(text: str, match: re.Match[str]) -> str:
+    start = match.end()
+    return text[start : start + int(match.group(1))]
+
+
+def format_rego_error(exc: Exception, modules: Iterable[RegoModule] = ()) -> str:
+    """Turn rego-cpp's error tree into ``file:line:col: message`` lines.
+
+    rego-cpp reports ``(error N:<file>|<offset>|<len> (errormsg N:<message>) ...)`` with
+    character offsets; the line and column are computed from the module text.
+    """
+    text = str(exc)
+    by_name = {str(m.path): m for m in modules}
+    lines = []
+    for head in _ERROR_HEAD.finditer(text):
+        name = _length_prefixed(text, head)
+        rest = text[head.end() + len(name) :]
+        where = name
+        loc = _LOCATION.match(rest)
+        if loc and name in by_name:
+            where = by_name[name].location(int(loc.group(1)))
+        msg_match = _MESSAGE.search(rest)
+        message = _length_prefixed(rest, msg_match) if msg_match else "error"
+        lines.append(f"{where}: {message}")
+    return "; ".join(lines) or text.strip()
+
+
+def _nest_data(sources: PolicySources) -> dict[str, Any]:
+    """Data files land at their directory's path, as OPA loads a directory (a/b/data.json ->
+    data.a.b); documents at the same path are merged key by key."""
+    root: dict[str, Any] = {}
+    for path, doc in sources.data:
+        node = root
+        for part in path.parent.relative_to(sources.directory).parts:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PolicyCompileError(f"{path}: data path conflicts with another data file")
+        for key, value in doc.items():
+            if key in node and isinstance(node[key], dict) and isinstance(value, dict):
+                node[key] = {**node[key], **value}
+            else:
+                node[key] = value
+    return root
+
+
+def _add_modules(interpreter: regopy.Interpreter, modules: Iterable[RegoModule]) -> None:
+    modules = tuple(modules)
+    for module in modules:
+        try:
+            interpreter.add_module(str(module.path), module.text)
+        except regopy.RegoError as exc:
+            raise PolicyCompileError(format_rego_error(exc, modules)) from exc
+
+
+def new_interpreter(
+    sources: PolicySources, extra_modules: Iterable[RegoModule] = ()
+) -> regopy.Interpreter:
+    """An interpreter holding the data documents, the policy modules and ``extra_modules``."""
+    interpreter = regopy.Interpreter()
+    # rego-cpp prints compile errors to stdout itself, which would break JSON log lines;
+    # they are raised (and logged with file:line) instead.
+    interpreter.log_level = regopy.LogLevel.NONE
+    data = _nest_data(sources)
+    if data:
+        interpreter.add_data_json(json.dumps(data))
+    _add_modules(interpreter, (*sources.policy_modules, *extra_modules))
+    return interpreter
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledPolicies:
+    interpreter: regopy.Interpreter
+    bundle: regopy.Bundle
+    entrypoints: frozenset[str]
+    sources: PolicySources
+    compiled_at: float
+
+
+def compile_policies(
+    sources: PolicySources | Path, required_paths: Iterable[str] = ()
+) -> CompiledPolicies:
+    """Compile every policy module; ``required_paths`` must each name a rule."""
+    if isinstance(sources, Path):
+        try:
+            sources = read_sources(sources)
+        except PolicySourceError as exc:
+            raise PolicyCompileError(str(exc)) from exc
+    for module in sources.modules:
+        last = module.package.rsplit(".", 1)[-1]
+        if last in BUILTIN_NAMESPACES:
+            raise PolicyCompileError(
+                f"{module.location(module.package_offset)}: package {module.package!r} ends "
+                f"with the builtin namespace {last!r}, which breaks {last}.* builtins in "
+                "rego-cpp; rename it"
+            )
+    known = sources.rule_paths()
+    required = {p.strip("/") for p in required_paths}
+    missing = sorted(required - known)
+    if missing:
+        raise PolicyCompileError(
+            f"{sources.directory}: decision path(s) {', '.join(missing)} name no rule"
+        )
+    interpreter = new_interpreter(sources)
+    points = sorted(known)
+    try:
+        bundle = interpreter.build(None, points)
+    except regopy.RegoError as exc:
+        raise PolicyCompileError(format_rego_error(exc, sources.policy_modules)) from exc
+    if not bundle.ok():
+        raise PolicyCompileError(f"{sources.directory}: policies do not compile")
+    return CompiledPolicies(interpreter, bundle, frozenset(points), sources, time.time())
+
+
+def decode_output(output: regopy.Output) -> Any:
+    """The first expression's value, UNDEFINED, or PolicyError.
+
+    Never call ``output.expressions()``: on an undefined output regopy 1.5.2 aborts the process.
+    """
+    text = str(output)
+    if not output.ok():
+        raise PolicyError(f"evaluation failed: {text.strip()[:500]}")
+    if text == "undefined":
+        return UNDEFINED
+    try:
+        expressions = json.loads(text).get("expressions") or []
+    except ValueError as exc:
+        raise PolicyError("evaluation returned unreadable output") from exc
+    if len(expressions) != 1:
+        raise PolicyError(f"multiple evaluation results ({len(expressions)})")
+    return expressions[0]
+
+
+class EmbeddedEngine:
+    """Evaluates decision paths against the compiled bundle; reloads atomically.
+
+    regopy holds the GIL while it evaluates, so the lock costs nothing and keeps another
+    thread from swapping the interpreter's input mid-query. A reload compiles a new
+    interpreter aside and swaps one reference: in-flight evaluations finish on the old one.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        entrypoints: Iterable[str] = (),
+        *,
+        watch_interval: float = 0.0,
+    ) -> None:
+        self.directory = directory
+        self._required = tuple(p.strip("/") for p in entrypoints)
+        self._lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        self._compiled: CompiledPolicies | None = None
+        self._watch_interval = watch_interval
+        self._watch_task: asyncio.Task[None] | None = None
+
+    name = ENGINE_NAME
+
+    def load(self) -> None:
+        """Compile now; raises PolicyCompileError and leaves the running bundle in place."""
+        compiled = compile_policies(self.directory, self._required)
+        with self._lock:
+            self._compiled = compiled
+        metrics.BUNDLE_LOADED_AT.set(compiled.compiled_at)
+
+    def reload(self) -> bool:
+        """Recompile (SIGHUP, file change). On failure log the error, keep the running bundle."""
+        with self._reload_lock:
+            try:
+                self.load()
+            except PolicyCompileError as exc:
+                metrics.RELOADS.labels("failed").inc()
+                log.error("policy_reload_failed", directory=str(self.directory), error=str(exc))
+                return False
+        metrics.RELOADS.labels("ok").inc()
+        compiled = self._compiled
+        log.info(
+            "policy_reloaded",
+            directory=str(self.directory),
+            modules=len(compiled.sources.policy_modules) if compiled else 0,
+        )
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self._compiled is not None
+
+    @property
+    def entrypoints(self) -> frozenset[str]:
+        return self._compiled.entrypoints if self._compiled else frozenset()
+
+    async def start(self) -> None:
+        if self._compiled is None:
+            self.load()
+            metrics.RELOADS.labels("ok").inc()
+        if self._watch_interval > 0 and self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._watch(), name="policy-watch")
+
+    async def close(self) -> None:
+        task, self._watch_task = self._watch_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _watch(self) -> None:
+        """Poll file fingerprints; reload when any policy or data file changed."""
+        compiled = self._compiled
+        seen = compiled.sources.fingerprint if compiled else ()
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            try:
+                current = fingerprint(self.directory)
+            except OSError as exc:
+                log.warning("policy_watch_failed", directory=str(self.directory), error=str(exc))
+                continue
+            if current != seen:
+                seen = current
+                self.reload()
+
+    def evaluate_json(self, path: str, input_json: str) -> EvalResult:
+        """Evaluate with an input already serialised (the fast path, no dict round trip)."""
+        compiled = self._compiled
+        if compiled is None:
+            raise PolicyError("no policy bundle loaded", outage=True)
+        entrypoint = path.strip("/")
+        started = time.perf_counter()
+        if entrypoint not in compiled.entrypoints:
+            return EvalResult(UNDEFINED, 0.0)
+        with self._lock:
+            try:
+                compiled.interpreter.set_input_term(input_json)
+                output = compiled.interpreter.query_bundle_entrypoint(compiled.bundle, entrypoint)
+            except regopy.RegoError as exc:
+                raise PolicyError(f"evaluation failed: {format_rego_error(exc)}") from exc
+            except ValueError as exc:
+                # regopy parses the engine's output itself and fails on some error outputs.
+                raise PolicyError("evaluation failed: unreadable engine output") from exc
+            value = decode_output(output)
+        return EvalResult(value, time.perf_counter() - started)
+
+    async def evaluate(self, path: str, input_doc: dict[str, Any]) -> EvalResult:
+        return self.evaluate_json(path, json.dumps(input_doc, separators=(",", ":")))

@@ -1,0 +1,211 @@
+"""The Check service: request view -> identity -> policy input -> decision -> CheckResponse."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import structlog
+from google.rpc import code_pb2
+
+from extauthz import metrics
+from extauthz.identity.base import AnonymousAuthenticator, Authenticator, AuthnFailure, Identity
+from extauthz.input_document import InputError, build_input
+from extauthz.policy import metrics as policy_metrics
+from extauthz.policy.decision import Decision, DecisionError, parse_decision
+from extauthz.policy.decision_log import PolicyTrace, mask_input
+from extauthz.policy.engine import PolicyEngine, PolicyError
+from extauthz.request_view import RequestView
+from extauthz.response import decision_response, denied_response
+
+if TYPE_CHECKING:
+    from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+    from extauthz.settings import AuthzSettings
+
+log = structlog.get_logger("sidegate.authz")
+
+METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
+POLICY_EXTENSION = "policy"
+
+
+def _challenge(failure: AuthnFailure, realm: str) -> str:
+    """RFC 6750 §3: no error attributes when the request carried no credential at all."""
+    challenge = f'{failure.scheme} realm="{realm}"'
+    if failure.error:
+        description = failure.public_reason.replace("\\", "").replace('"', "")
+        challenge += f', error="{failure.error}", error_description="{description}"'
+    return challenge
+
+
+class CheckError(Exception):
+    """Fail the Check at the gRPC level, so Envoy's failure_mode_allow/status_on_error apply."""
+
+    def __init__(self, reason: str, *, unavailable: bool) -> None:
+        super().__init__(reason)
+        self.unavailable = unavailable
+
+
+class AuthzService:
+    def __init__(
+        self,
+        settings: AuthzSettings,
+        engine: PolicyEngine,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.authenticator = authenticator or AnonymousAuthenticator()
+
+    @property
+    def ready(self) -> bool:
+        return self.engine.ready
+
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.authenticator.start()
+
+    async def close(self) -> None:
+        await self.authenticator.close()
+        await self.engine.close()
+
+    def reload(self) -> bool:
+        """SIGHUP: recompile policies, re-read identity files; a bad file keeps the old state."""
+        ok = True
+        for part in (self.engine, self.authenticator):
+            reload = getattr(part, "reload", None)
+            if reload is not None:
+                ok = bool(reload()) and ok
+        return ok
+
+    async def check(self, request: CheckRequest) -> CheckResponse:
+        started = time.perf_counter()
+        decision_id = str(uuid.uuid4())
+        view = RequestView.from_check_request(request)
+        trace = PolicyTrace()
+        outcome, reason, status, response, identity = await self._decide(view, decision_id, trace)
+        elapsed = time.perf_counter() - started
+        metrics.CHECKS.labels(outcome).inc()
+        metrics.CHECK_SECONDS.labels(outcome).observe(elapsed)
+        log.info(
+            "check",
+            decision_id=decision_id,
+            decision=outcome,
+            reason=reason,
+            status=status,
+            method=view.method,
+            path=view.path_only,
+            host=view.host,
+            request_id=view.request_id,
+            subject=identity.subject if identity else None,
+            duration_ms=round(elapsed * 1000, 3),
+            **trace.log_fields(),
+        )
+        if response is None:
+            raise CheckError(reason, unavailable=outcome == "unavailable")
+        return response
+
+    async def _decide(
+        self, view: RequestView, decision_id: str, trace: PolicyTrace
+    ) -> tuple[str, str, int, CheckResponse | None, Identity | None]:
+        try:
+            identity = await self.authenticator.authenticate(view)
+        except AuthnFailure as failure:
+            return self._authn_denied(failure, decision_id)
+        metadata = {
+            "decision_id": decision_id,
+            "tier": identity.tier,
+            "consumer": identity.consumer,
+        }
+        policy = self.settings.policy
+        input_started = time.perf_counter()
+        try:
+            document = build_input(view, policy.body)
+        except InputError as exc:
+            response = denied_response(
+                400,
+                grpc_code=code_pb2.INVALID_ARGUMENT,
+                body="bad request",
+                dynamic_metadata=metadata,
+            )
+            return "invalid", str(exc), 400, response, identity
+        document["identity"] = identity.as_input()
+        path = (view.context_extensions.get(POLICY_EXTENSION) or policy.default_path).strip("/")
+        trace.path = path
+        trace.dry_run = policy.is_dry_run(path)
+        trace.input_seconds = time.perf_counter() - input_started
+        if policy.decision_log.include_input:
+            trace.input = mask_input(
+                document,
+                policy.decision_log.sensitive_headers,
+                policy.decision_log.sensitive_query_params,
+            )
+        try:
+            result = await self.engine.evaluate(path, document)
+            trace.eval_seconds = result.eval_seconds
+            metrics.POLICY_EVAL_SECONDS.observe(result.eval_seconds)
+            decision = parse_decision(result.value)
+        except (PolicyError, DecisionError) as exc:
+            outage = isinstance(exc, PolicyError) and exc.outage
+            kind = exc.kind
+            policy_metrics.ENGINE_ERRORS.labels(policy.engine, kind).inc()
+            trace.result = kind
+            return (*self._policy_failed(str(exc), outage, metadata), identity)
+        trace.result = "allow" if decision.allowed else "deny"
+        policy_metrics.DECISIONS.labels(trace.result, str(trace.dry_run).lower()).inc()
+        return (*self._apply(decision, metadata, identity, view, trace.dry_run), identity)
+
+    def _apply(
+        self,
+        decision: Decision,
+        metadata: dict[str, str],
+        identity: Identity,
+        view: RequestView,
+        dry_run: bool = False,
+    ) -> tuple[str, str, int, CheckResponse]:
+        if decision.allowed or dry_run:
+            mutations = self.authenticator.upstream_mutations(identity, view)
+            response = decision_response(decision, metadata, upstream=mutations, dry_run=dry_run)
+            if decision.allowed:
+                return "allowed", "policy allowed", 200, response
+            return "allowed", "dry-run: policy denied", 200, response
+        status = decision.http_status or 403
+        return "denied", "policy denied", status, decision_response(decision, metadata)
+
+    def _policy_failed(
+        self, reason: str, outage: bool, metadata: dict[str, str]
+    ) -> tuple[str, str, int, CheckResponse | None]:
+        mode = self.settings.policy.on_error
+        if mode == "grpc_error":
+            return ("unavailable" if outage else "error"), reason, 0, None
+        if mode == "unavailable" or outage:
+            response = denied_response(
+                503,
+                grpc_code=code_pb2.UNAVAILABLE,
+                body="service unavailable",
+                dynamic_metadata=metadata,
+            )
+            return "unavailable", reason, 503, response
+        return "error", reason, 403, denied_response(403, dynamic_metadata=metadata)
+
+    def _authn_denied(
+        self, failure: AuthnFailure, decision_id: str
+    ) -> tuple[str, str, int, CheckResponse, None]:
+        metadata = {"decision_id": decision_id}
+        if failure.kind == "unavailable":
+            response = denied_response(
+                503,
+                grpc_code=code_pb2.UNAVAILABLE,
+                body="service unavailable",
+                dynamic_metadata=metadata,
+            )
+            return "unavailable", failure.reason, 503, response, None
+        challenge = _challenge(failure, self.settings.identity.realm)
+        response = denied_response(
+            401,
+            grpc_code=code_pb2.UNAUTHENTICATED,
+            headers=[("www-authenticate", challenge)],
+            dynamic_metadata=metadata,
+        )
+        return "unauthenticated", failure.reason, 401, response, None

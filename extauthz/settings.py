@@ -1,0 +1,94 @@
+"""The ``authz`` section of sidegate's config file, owned by the ext_authz package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from extauthz.identity.settings import IdentitySettings
+
+
+class _Strict(BaseModel):
+    # validate_default runs the path resolver on defaults too; sub-models default to {} so they
+    # are validated (with the loader's base_dir context) rather than constructed bare.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's directory (loader passes base_dir)."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+class RemoteOpaSettings(_Strict):
+    """A running OPA asked over its REST Data API (``POST /v1/data/<path>``)."""
+
+    url: str = "http://127.0.0.1:8181"
+    # Per decision; Envoy's own ext_authz timeout defaults to 200 ms, so stay below it.
+    timeout: float = Field(0.15, gt=0)
+    max_connections: int = Field(32, ge=1)
+
+
+class BodySettings(_Strict):
+    """``parsed_body`` for JSON, form and multipart bodies Envoy sends (``with_request_body``)."""
+
+    parse: bool = True
+    # Bodies longer than this are not parsed: parsed_body is null, truncated_body true.
+    max_bytes: int = Field(1_048_576, ge=0)
+
+
+DEFAULT_SENSITIVE_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "x-api-key",
+)
+DEFAULT_SENSITIVE_QUERY = ("access_token", "api_key", "apikey", "token", "key")
+
+
+class DecisionLogSettings(_Strict):
+    # Log the (masked) input document with each decision; off by default: it is large.
+    include_input: bool = False
+    sensitive_headers: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_HEADERS))
+    sensitive_query_params: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_QUERY))
+
+
+class PolicySettings(_Strict):
+    engine: Literal["embedded", "remote"] = "embedded"
+    remote: RemoteOpaSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    directory: Path = Path("policies")
+    default_path: str = "envoy/authz/allow"
+    # Decision paths that must exist at load (a typo fails startup instead of denying later).
+    # Every rule of the directory is selectable through context_extensions "policy" anyway.
+    paths: list[str] = Field(default_factory=list)
+    # What an undefined decision, an evaluation error or an ill-typed result becomes.
+    on_error: Literal["deny", "unavailable", "grpc_error"] = "deny"
+    # opa-envoy-plugin's dry-run: the decision is logged, the request allowed. For all paths,
+    # or only for the decision paths listed in dry_run_paths.
+    dry_run: bool = False
+    dry_run_paths: list[str] = Field(default_factory=list)
+    # Embedded engine: poll the directory every watch_interval seconds, recompile on change
+    # (0 = off; SIGHUP reloads either way).
+    watch_interval: float = Field(0.0, ge=0)
+    body: BodySettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    decision_log: DecisionLogSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+
+    _resolve_directory = field_validator("directory")(_resolve)
+
+    @property
+    def entrypoints(self) -> list[str]:
+        return sorted({self.default_path.strip("/"), *(p.strip("/") for p in self.paths)})
+
+    def is_dry_run(self, path: str) -> bool:
+        return self.dry_run or path.strip("/") in {p.strip("/") for p in self.dry_run_paths}
+
+
+class AuthzSettings(_Strict):
+    enabled: bool = True
+    policy: PolicySettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)

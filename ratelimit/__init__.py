@@ -1,0 +1,1 @@
+"""The ShouldRateLimit service: envoyproxy/ratelimit-compatible rules, tiers, token buckets."""

@@ -1,0 +1,1 @@
+"""Bucket storage: one atomic take over every bucket a request touches (memory or Redis)."""

@@ -1,0 +1,45 @@
+"""The backend interface: take hits from several buckets at once, all or nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+
+class BackendUnavailable(Exception):
+    """The store could not answer (down, slow past its timeout, or refused the command)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketRequest:
+    key: str
+    algorithm: Literal["token_bucket", "fixed_window"]
+    limit: int
+    window_ms: int
+    burst: int
+    hits: int
+    # A refusal of an enforcing bucket keeps every other bucket uncharged; shadow-mode and
+    # quota-mode buckets do not enforce.
+    enforce: bool = True
+    # Charged even when refused or when another bucket refuses (envoyproxy/ratelimit counting).
+    always_charge: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class BucketResult:
+    allowed: bool
+    remaining: int
+    reset_ms: int
+    # When refused: ms until a single hit could pass (-1: never), for the over-limit cache.
+    retry_ms: int = 0
+
+
+class Backend(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def take(self, buckets: Sequence[BucketRequest]) -> list[BucketResult]: ...

@@ -1,0 +1,198 @@
+"""Loading a directory of domain files into one RuleSet; every problem names its file."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ratelimit.config.errors import RuleConfigError
+from ratelimit.config.keys import check_keys
+from ratelimit.config.limits import parse_rule
+from ratelimit.config.model import Algorithm, DescriptorNode, Domain, Level, RuleSet
+from ratelimit.config.tiers import compile_tiers
+
+if TYPE_CHECKING:
+    from ratelimit.settings import RateLimitSettings
+
+RULE_SUFFIXES = (".yaml", ".yml")
+
+
+def rule_files(directory: Path) -> list[Path]:
+    """Rule files under ``directory``, sorted, hidden names skipped.
+
+    Hidden entries are skipped so a Kubernetes ConfigMap volume (``..data`` and the timestamped
+    ``..2024_...`` directory) is read once, through its top-level symlinks.
+    """
+    if not directory.is_dir():
+        raise RuleConfigError(str(directory), "rules directory does not exist")
+    found: list[Path] = []
+    for entry in sorted(directory.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found.extend(rule_files(entry))
+        elif entry.is_file() and entry.suffix in RULE_SUFFIXES:
+            found.append(entry)
+    return found
+
+
+def _yaml_error(file: str, exc: yaml.YAMLError) -> RuleConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}: " if mark is not None else ""
+    return RuleConfigError(file, f"error loading config file: yaml: {where}{problem}")
+
+
+def _flag(file: str, raw: dict[str, Any], field: str) -> bool:
+    value = raw.get(field, False)
+    if not isinstance(value, bool):
+        raise RuleConfigError(
+            file, f"error loading config file: yaml: cannot unmarshal {value!r} into bool"
+        )
+    return value
+
+
+def _string(file: str, raw: dict[str, Any], field: str) -> str:
+    value = raw.get(field)
+    if value is None:
+        return ""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise RuleConfigError(
+            file, f"error loading config file: yaml: cannot unmarshal {value!r} into string"
+        )
+    return str(value)
+
+
+def wildcard_pattern(composite: str) -> re.Pattern[str]:
+    """``*`` matches any run of characters (none included), anywhere in ``key_value``."""
+    return re.compile(
+        "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", composite)),
+        re.DOTALL,
+    )
+
+
+class _Loader:
+    def __init__(self, settings_algorithm: Algorithm, merge: bool) -> None:
+        self.algorithm = settings_algorithm
+        self.merge = merge
+        self.domains: dict[str, Domain] = {}
+
+    def load_file(self, path: Path) -> None:
+        file = str(path)
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise _yaml_error(file, exc) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RuleConfigError(file, f"error loading config file: {exc}") from None
+        if raw is None:
+            raw = {}
+        if isinstance(raw, list):
+            check_keys(file, raw)
+        if not isinstance(raw, dict):
+            raise RuleConfigError(
+                file, "error loading config file: yaml: the top level must be a map"
+            )
+        check_keys(file, raw)
+        domain_name = _string(file, raw, "domain")
+        if not domain_name:
+            raise RuleConfigError(file, "config file cannot have empty domain")
+        domain = self.domains.get(domain_name)
+        if domain is not None and not self.merge:
+            raise RuleConfigError(file, f"duplicate domain '{domain_name}' in config file")
+        if domain is None:
+            domain = self.domains[domain_name] = Domain(name=domain_name, root=Level())
+        domain.files.append(file)
+        descriptors = raw.get("descriptors") or []
+        if not isinstance(descriptors, list):
+            raise RuleConfigError(
+                file, "error loading config file: yaml: descriptors must be a list"
+            )
+        self._load_level(file, domain.root, descriptors, f"{domain_name}.")
+        if "tiers" in raw:
+            nodes = compile_tiers(file, domain_name, raw["tiers"], self.algorithm)
+            for node in nodes:
+                self._add(file, domain.root, node, f"{domain_name}.")
+
+    def _add(self, file: str, level: Level, node: DescriptorNode, parent: str) -> None:
+        composite = node.composite
+        if composite in level.nodes:
+            raise RuleConfigError(file, f"duplicate descriptor composite key '{parent}{composite}'")
+        level.nodes[composite] = node
+        if node.pattern is not None:
+            level.wildcards.append(node)
+
+    def _load_level(self, file: str, level: Level, descriptors: Iterable[Any], parent: str) -> None:
+        for raw in descriptors:
+            key = _string(file, raw, "key")
+            if not key:
+                raise RuleConfigError(file, "descriptor has empty key")
+            value = _string(file, raw, "value")
+            composite = f"{key}_{value}" if value else key
+            stat_key = f"{parent}{composite}"
+            shadow = _flag(file, raw, "shadow_mode")
+            quota = _flag(file, raw, "quota_mode")
+            share = _flag(file, raw, "share_threshold")
+            wildcard = "*" in value
+            if share and not wildcard:
+                raise RuleConfigError(
+                    file, f"share_threshold can only be used with wildcard values: '{stat_key}'"
+                )
+            metadata = raw.get("metadata")
+            rule = None
+            if raw.get("rate_limit") is not None:
+                rule = parse_rule(
+                    file,
+                    raw["rate_limit"],
+                    default_algorithm=self.algorithm,
+                    stat_key=stat_key,
+                    shadow_mode=shadow,
+                    quota_mode=quota,
+                    metadata=metadata if isinstance(metadata, dict) else None,
+                )
+            node = DescriptorNode(
+                key=key,
+                value=value,
+                rule=rule,
+                children=Level(),
+                pattern=wildcard_pattern(composite) if wildcard else None,
+                share_threshold=share,
+                detailed_metric=_flag(file, raw, "detailed_metric"),
+                value_to_metric=_flag(file, raw, "value_to_metric"),
+                metadata=metadata if isinstance(metadata, dict) else None,
+            )
+            self._add(file, level, node, parent)
+            children = raw.get("descriptors") or []
+            if not isinstance(children, list):
+                raise RuleConfigError(
+                    file, "error loading config file: yaml: descriptors must be a list"
+                )
+            self._load_level(file, node.children, children, f"{stat_key}.")
+
+
+def load_rules(
+    directory: Path, *, default_algorithm: Algorithm = "token_bucket", merge: bool = False
+) -> RuleSet:
+    """Every rule file of ``directory`` in one RuleSet, or RuleConfigError for the first bad one."""
+    loader = _Loader(default_algorithm, merge)
+    files = rule_files(directory)
+    for path in files:
+        loader.load_file(path)
+    return RuleSet(domains=loader.domains, files=tuple(str(p) for p in files))
+
+
+def load_from_settings(settings: RateLimitSettings) -> RuleSet:
+    return load_rules(
+        settings.rules_dir,
+        default_algorithm=settings.default_algorithm,
+        merge=settings.merge_domain_config,
+    )
+
+
+def validate(settings: RateLimitSettings) -> None:
+    """Load every rule file; raise RuleConfigError naming the file. No Redis contact."""
+    load_from_settings(settings)

@@ -1,0 +1,431 @@
+"""The ShouldRateLimit service: descriptors -> rules -> one atomic take -> RateLimitResponse."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import structlog
+from envoy.service.ratelimit.v3 import rls_pb2
+from google.protobuf.struct_pb2 import Struct
+
+from ratelimit import metrics
+from ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
+from ratelimit.buckets.memory import MemoryBackend
+from ratelimit.config.errors import RuleConfigError
+from ratelimit.config.loader import load_from_settings
+from ratelimit.config.model import Limit, Rule, RuleSet
+from ratelimit.config.units import ENUM_SECONDS
+from ratelimit.failover import FailoverBackend
+from ratelimit.local_cache import OverLimitCache
+from ratelimit.matching import Match, find_rule
+from ratelimit.response import (
+    OK,
+    OVER_LIMIT,
+    DescriptorOutcome,
+    limit_headers,
+    overall_code,
+    unlimited_outcome,
+)
+from ratelimit.rule_stats import RuleStats
+
+if TYPE_CHECKING:
+    from ratelimit.reload import RuleWatcher
+    from ratelimit.settings import RateLimitSettings
+
+log = structlog.get_logger("sidegate.ratelimit")
+
+_CODE_NAMES = {OK: "OK", OVER_LIMIT: "OVER_LIMIT"}
+
+
+class RateLimitUnavailable(Exception):
+    """The backend is down or slow and the domain's failure mode is ``error``."""
+
+
+class RateLimitRequestError(Exception):
+    """The request itself is invalid (empty domain, no descriptors)."""
+
+
+@dataclass(slots=True)
+class _Checked:
+    """One limited descriptor and the buckets it takes from (one per limit of its rule)."""
+
+    index: int
+    match: Match
+    hits: int
+    buckets: list[BucketRequest] = field(default_factory=list)
+    cached_over: list[bool] = field(default_factory=list)
+
+
+def _bucket_key(domain: str, limit: Limit, counter_path: str) -> str:
+    # The domain is the hash tag: every key of a request lives in one Redis Cluster slot.
+    # Request values are hashed: they may be credentials and must not sit in Redis in clear.
+    digest = hashlib.blake2b(counter_path.encode(), digest_size=12).hexdigest()
+    return f"{{{domain}}}:{limit.identity}:{digest}"
+
+
+class RateLimitService:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        rules: RuleSet,
+        backend: Backend | FailoverBackend,
+        *,
+        over_limit_cache: OverLimitCache | None = None,
+    ) -> None:
+        self.settings = settings
+        self._rules = rules
+        self.backend = backend
+        self.over_limit_cache = over_limit_cache
+        self.stats = RuleStats(settings.near_limit_ratio, settings.detailed_metric_max_series)
+        self._watcher: RuleWatcher | None = None
+        self._header_names = (
+            settings.response_headers.limit_header,
+            settings.response_headers.remaining_header,
+            settings.response_headers.reset_header,
+        )
+        metrics.RULES_LOADED.set(rules.rule_count)
+
+    @classmethod
+    def from_settings(cls, settings: RateLimitSettings) -> RateLimitService:
+        rules = load_from_settings(settings)
+        metrics.CONFIG_LOADS.labels("success").inc()
+        backend: Backend | FailoverBackend
+        if settings.backend == "redis":
+            from ratelimit.buckets.redis import RedisBackend
+
+            backend = FailoverBackend(
+                RedisBackend.from_settings(settings.redis),
+                retry_interval=settings.redis.retry_interval_seconds,
+            )
+        else:
+            backend = MemoryBackend()
+        cache = None
+        # An in-process store needs no shortcut: it already answers without a round trip.
+        if settings.local_cache.enabled and settings.backend == "redis":
+            cache = OverLimitCache(settings.local_cache.max_entries)
+        return cls(settings, rules, backend, over_limit_cache=cache)
+
+    @property
+    def rules(self) -> RuleSet:
+        return self._rules
+
+    @property
+    def ready(self) -> bool:
+        if isinstance(self.backend, FailoverBackend) and not self.backend.up:
+            return self.settings.failure_mode != "error"
+        return True
+
+    async def start(self) -> None:
+        await self.backend.start()
+        if self.settings.reload.watch:
+            from ratelimit.reload import RuleWatcher
+
+            self._watcher = RuleWatcher(
+                self.settings.rules_dir, self.reload, self.settings.reload.interval_seconds
+            )
+            self._watcher.start()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
+        await self.backend.close()
+
+    def reload(self) -> bool:
+        """Re-read every rule file; swap atomically, or keep the old rules when any is bad."""
+        try:
+            rules = load_from_settings(self.settings)
+        except RuleConfigError as exc:
+            metrics.CONFIG_LOADS.labels("error").inc()
+            log.error("ratelimit_reload_failed", error=str(exc))
+            return False
+        self._rules = rules
+        if self.over_limit_cache is not None:
+            # Limits may have grown: the cached "over until T" answers no longer hold.
+            self.over_limit_cache.clear()
+        metrics.CONFIG_LOADS.labels("success").inc()
+        metrics.RULES_LOADED.set(rules.rule_count)
+        log.info(
+            "ratelimit_rules_loaded",
+            files=len(rules.files),
+            rules=rules.rule_count,
+            domains=sorted(rules.domains),
+        )
+        return True
+
+    async def should_rate_limit(
+        self, request: rls_pb2.RateLimitRequest
+    ) -> rls_pb2.RateLimitResponse:
+        started = time.perf_counter()
+        outcome = "error"
+        summary: list[dict[str, object]] = []
+        degraded: str | None = None
+        try:
+            response, summary, degraded = await self._decide(request)
+            outcome = "over_limit" if response.overall_code == OVER_LIMIT else "ok"
+            return response
+        except RateLimitRequestError:
+            outcome = "invalid"
+            raise
+        except RateLimitUnavailable:
+            outcome = "unavailable"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.CALLS.labels(outcome).inc()
+            metrics.CALL_SECONDS.labels(outcome).observe(elapsed)
+            log.info(
+                "should_rate_limit",
+                domain=request.domain,
+                code=outcome,
+                descriptors=summary,
+                hits_addend=request.hits_addend,
+                failure_mode=degraded,
+                duration_ms=round(elapsed * 1000, 3),
+            )
+
+    async def _decide(
+        self, request: rls_pb2.RateLimitRequest
+    ) -> tuple[rls_pb2.RateLimitResponse, list[dict[str, object]], str | None]:
+        if not request.domain:
+            raise RateLimitRequestError("rate limit domain must not be empty")
+        if not request.descriptors:
+            raise RateLimitRequestError("rate limit descriptor list must not be empty")
+        rules = self._rules
+        domain = rules.domains.get(request.domain)
+        if domain is None:
+            metrics.DOMAIN_NOT_FOUND.inc()
+        default_hits = max(1, request.hits_addend)
+        matches: list[tuple[Match | None, int]] = []
+        for descriptor in request.descriptors:
+            hits = (
+                descriptor.hits_addend.value if descriptor.HasField("hits_addend") else default_hits
+            )
+            match = None
+            if domain is not None:
+                entries = [(e.key, e.value) for e in descriptor.entries]
+                if descriptor.HasField("limit"):
+                    match = self._override(request.domain, entries, descriptor.limit)
+                else:
+                    match = find_rule(domain, entries)
+            matches.append((match, hits))
+        replaced = {name for m, _ in matches if m is not None for name in m.rule.replaces}
+        outcomes = [DescriptorOutcome() for _ in matches]
+        checked: list[_Checked] = []
+        for index, (match, hits) in enumerate(matches):
+            if match is None or (match.rule.name and match.rule.name in replaced):
+                continue
+            if match.rule.unlimited:
+                outcomes[index] = unlimited_outcome()
+                continue
+            checked.append(self._buckets_for(request.domain, index, match, hits))
+        degraded = None
+        if checked:
+            degraded = await self._take(request.domain, checked, outcomes)
+        response = rls_pb2.RateLimitResponse(
+            overall_code=overall_code(outcomes, self.settings.quota_mode),
+            statuses=[o.to_status() for o in outcomes],
+        )
+        if response.overall_code == OVER_LIMIT and self.settings.shadow_mode:
+            metrics.GLOBAL_SHADOW_MODE.inc()
+            response.overall_code = OK
+        if self.settings.response_headers.enabled:
+            response.response_headers_to_add.extend(
+                limit_headers(outcomes, self._header_names, self.settings.quota_mode)
+            )
+        if self.settings.response_dynamic_metadata:
+            response.dynamic_metadata.CopyFrom(self._dynamic_metadata(request, matches))
+        summary = [
+            {
+                "keys": ",".join(e.key for e in d.entries),
+                "rule": m.rule.stat_key if m is not None else None,
+                "code": _CODE_NAMES.get(o.code, "UNKNOWN"),
+                "remaining": o.remaining if o.limit is not None else None,
+            }
+            for d, (m, _), o in zip(request.descriptors, matches, outcomes, strict=True)
+        ]
+        return response, summary, degraded
+
+    def _override(
+        self, domain: str, entries: list[tuple[str, str]], override: object
+    ) -> Match | None:
+        unit = override.unit  # type: ignore[attr-defined]
+        seconds = ENUM_SECONDS.get(unit)
+        if seconds is None:
+            return None
+        requests = override.requests_per_unit  # type: ignore[attr-defined]
+        limit = Limit(
+            requests_per_unit=requests,
+            window_ms=seconds * 1000,
+            unit=unit,
+            algorithm=self.settings.default_algorithm,
+            burst=requests,
+        )
+        # One rolled-up series for all overrides of a domain (their values are unbounded).
+        stat_key = f"{domain}.override"
+        return Match(
+            rule=Rule(limits=(limit,), stat_key=stat_key),
+            stat_key=stat_key,
+            detailed=False,
+            counter_path="\x1f".join(f"{k}\x1e{v}" for k, v in entries),
+            metadata=None,
+        )
+
+    def _buckets_for(self, domain: str, index: int, match: Match, hits: int) -> _Checked:
+        rule = match.rule
+        enforce = not (rule.shadow_mode or rule.quota_mode or self.settings.quota_mode)
+        checked = _Checked(index=index, match=match, hits=hits)
+        for limit in rule.limits:
+            fixed = limit.algorithm == "fixed_window"
+            checked.buckets.append(
+                BucketRequest(
+                    key=_bucket_key(domain, limit, match.counter_path),
+                    algorithm=limit.algorithm,
+                    limit=limit.requests_per_unit,
+                    window_ms=limit.window_ms,
+                    burst=limit.burst,
+                    hits=hits,
+                    enforce=enforce,
+                    always_charge=fixed and self.settings.fixed_window_count_rejected,
+                )
+            )
+        return checked
+
+    async def _take(
+        self, domain: str, checked: list[_Checked], outcomes: list[DescriptorOutcome]
+    ) -> str | None:
+        cache = self.over_limit_cache
+        buckets: list[BucketRequest] = []
+        cached: list[bool] = []
+        cached_left: list[float] = []
+        for item in checked:
+            for bucket in item.buckets:
+                left = cache.lookup(bucket.key) if cache and bucket.hits > 0 else None
+                cached.append(left is not None)
+                cached_left.append(left or 0.0)
+        any_enforced_cached = any(
+            c and b.enforce
+            for c, b in zip(cached, (b for i in checked for b in i.buckets), strict=True)
+        )
+        flat = [b for item in checked for b in item.buckets]
+        for bucket, over in zip(flat, cached, strict=True):
+            if over:
+                continue
+            if any_enforced_cached and not bucket.always_charge:
+                # The request is refused already: look at the others without charging them.
+                bucket = BucketRequest(
+                    bucket.key,
+                    bucket.algorithm,
+                    bucket.limit,
+                    bucket.window_ms,
+                    bucket.burst,
+                    0,
+                    bucket.enforce,
+                    bucket.always_charge,
+                )
+            buckets.append(bucket)
+        degraded: str | None = None
+        results: list[BucketResult] | None = []
+        if buckets:
+            results, degraded = await self._backend_take(domain, buckets)
+        if results is None:
+            return degraded  # failure mode "allow": every descriptor is OK, no limit reported
+        answered = iter(results)
+        position = 0
+        for item in checked:
+            per_limit: list[tuple[Limit, BucketResult, bool]] = []
+            for limit, bucket in zip(item.match.rule.limits, item.buckets, strict=True):
+                from_cache = cached[position]
+                position += 1
+                if from_cache:
+                    metrics.LOCAL_CACHE_HITS.inc()
+                    left_ms = math.ceil(cached_left[position - 1] * 1000)
+                    result = BucketResult(False, 0, left_ms, left_ms)
+                else:
+                    result = next(answered)
+                    if (
+                        cache is not None
+                        and not result.allowed
+                        and bucket.enforce
+                        and bucket.hits > 0
+                        and degraded is None
+                    ):
+                        over_ms = result.retry_ms if result.retry_ms > 0 else result.reset_ms
+                        cache.add(bucket.key, over_ms / 1000, result.reset_ms / 1000)
+                per_limit.append((limit, result, from_cache))
+            outcomes[item.index] = self._outcome(domain, item, per_limit)
+        return degraded
+
+    async def _backend_take(
+        self, domain: str, buckets: list[BucketRequest]
+    ) -> tuple[list[BucketResult] | None, str | None]:
+        backend = self.backend
+        if isinstance(backend, FailoverBackend):
+            try:
+                return await backend.take(buckets, self.settings.failure_mode_for(domain))
+            except BackendUnavailable as exc:
+                raise RateLimitUnavailable(f"rate limit backend unavailable: {exc}") from None
+        return await backend.take(buckets), None
+
+    def _outcome(
+        self,
+        domain: str,
+        item: _Checked,
+        per_limit: list[tuple[Limit, BucketResult, bool]],
+    ) -> DescriptorOutcome:
+        rule = item.match.rule
+        label = self.stats.label(domain, item.match.stat_key, rule.stat_key, item.match.detailed)
+        chosen: tuple[Limit, BucketResult, bool] | None = None
+        for entry in per_limit:
+            limit, result, from_cache = entry
+            self.stats.record(
+                domain,
+                label,
+                limit=limit.requests_per_unit,
+                hits=item.hits,
+                remaining=result.remaining,
+                over=not result.allowed,
+                shadow=rule.shadow_mode,
+                from_cache=from_cache,
+            )
+            if chosen is None:
+                chosen = entry
+            elif not result.allowed and chosen[1].allowed:
+                chosen = entry
+            elif result.allowed == chosen[1].allowed and result.remaining < chosen[1].remaining:
+                chosen = entry
+        assert chosen is not None
+        limit, result, _ = chosen
+        code = OK if result.allowed or rule.shadow_mode else OVER_LIMIT
+        return DescriptorOutcome(
+            code=code,
+            limit=limit,
+            remaining=result.remaining,
+            reset_seconds=(result.reset_ms + 999) // 1000,
+            quota_mode=rule.quota_mode,
+        )
+
+    def _dynamic_metadata(
+        self, request: rls_pb2.RateLimitRequest, matches: list[tuple[Match | None, int]]
+    ) -> Struct:
+        merged: dict[str, object] = {}
+        for match, _ in matches:
+            for key, value in ((match.metadata or {}) if match else {}).items():
+                merged.setdefault(key, value)
+        document: dict[str, object] = {
+            "domain": request.domain,
+            "descriptors": [
+                {"entries": [f"{e.key}={e.value}" for e in d.entries]} for d in request.descriptors
+            ],
+        }
+        if request.hits_addend:
+            document["hitsAddend"] = request.hits_addend
+        if merged:
+            document["metadata"] = merged
+        struct = Struct()
+        struct.update(document)
+        return struct

@@ -1,0 +1,95 @@
+"""The ``ratelimit`` section of sidegate's config file, owned by the rate-limit package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+FailureMode = Literal["error", "allow", "local"]
+Algorithm = Literal["token_bucket", "fixed_window"]
+
+
+class _Strict(BaseModel):
+    # validate_default: defaults get the same validation (and path resolution) as given values.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's directory (loader passes base_dir)."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+class RedisSettings(_Strict):
+    # redis:// or rediss:// (standalone), redis+cluster://host:port[,host:port],
+    # redis+sentinel://host:port[,host:port]/<master name>[/<db>]
+    url: str = "redis://127.0.0.1:6379/0"
+    # Prepended to every key (and inside the hash tag) so several deployments can share a Redis.
+    key_prefix: str = "sidegate:rl:"
+    # Bounded so a slow Redis costs at most this per call (envoyproxy/ratelimit#462).
+    timeout_seconds: float = Field(default=0.1, gt=0)
+    connect_timeout_seconds: float = Field(default=0.25, gt=0)
+    max_connections: int = Field(default=64, ge=1)
+    # After a failure Redis is not tried again for this long (calls use the failure mode),
+    # then one call probes it.
+    retry_interval_seconds: float = Field(default=1.0, ge=0)
+
+
+class LocalCacheSettings(_Strict):
+    """Keys known to be over their limit until time T are answered without Redis until T."""
+
+    enabled: bool = True
+    max_entries: int = Field(default=100_000, ge=1)
+
+
+class ResponseHeaderSettings(_Strict):
+    """Optional RateLimit-* response headers, named as envoyproxy/ratelimit names them."""
+
+    enabled: bool = False
+    limit_header: str = "RateLimit-Limit"
+    remaining_header: str = "RateLimit-Remaining"
+    reset_header: str = "RateLimit-Reset"
+
+
+class ReloadSettings(_Strict):
+    # Poll the rules directory (ConfigMap ..data swaps included); SIGHUP reloads regardless.
+    watch: bool = True
+    interval_seconds: float = Field(default=1.0, gt=0)
+
+
+class RateLimitSettings(_Strict):
+    enabled: bool = True
+    rules_dir: Path = Path("examples/ratelimit")
+    backend: Literal["memory", "redis"] = "memory"
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    # What a call gets when Redis fails or is slow: a gRPC UNAVAILABLE (Envoy's
+    # failure_mode_deny decides), an OK answer, or in-process buckets with the same limits.
+    failure_mode: FailureMode = "error"
+    failure_mode_by_domain: dict[str, FailureMode] = Field(default_factory=dict)
+    # Algorithm of rules that name none; fixed_window counts exactly like envoyproxy/ratelimit.
+    default_algorithm: Algorithm = "token_bucket"
+    # envoyproxy/ratelimit counts rejected hits in fixed windows; False makes them all-or-nothing
+    # like token buckets (its STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, in one round trip).
+    fixed_window_count_rejected: bool = True
+    # envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG: several files may extend one domain.
+    merge_domain_config: bool = False
+    # Global SHADOW_MODE / QUOTA_MODE of envoyproxy/ratelimit.
+    shadow_mode: bool = False
+    quota_mode: bool = False
+    near_limit_ratio: float = Field(default=0.8, gt=0, le=1)
+    local_cache: LocalCacheSettings = Field(default_factory=LocalCacheSettings)
+    response_headers: ResponseHeaderSettings = Field(default_factory=ResponseHeaderSettings)
+    # envoyproxy/ratelimit's RESPONSE_DYNAMIC_METADATA: domain, descriptors and rule metadata.
+    response_dynamic_metadata: bool = False
+    reload: ReloadSettings = Field(default_factory=ReloadSettings)
+    # Upper bound on per-value metric series created by `detailed_metric` rules.
+    detailed_metric_max_series: int = Field(default=1000, ge=0)
+
+    _resolve_rules_dir = field_validator("rules_dir")(_resolve)
+
+    def failure_mode_for(self, domain: str) -> FailureMode:
+        return self.failure_mode_by_domain.get(domain, self.failure_mode)

@@ -1,0 +1,225 @@
+"""The running process: start services, serve gRPC + admin, reload on SIGHUP, drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from extauthz.factory import build_authz_service
+from extauthz.service import AuthzService
+from ratelimit.service import RateLimitService
+from sidegate import grpc_services as gs
+from sidegate.admin import start_admin
+from sidegate.metrics import READY, RELOADS
+from sidegate.settings import SidegateConfig
+
+log = structlog.get_logger("sidegate.server")
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class StartupError(Exception):
+    """Something the process needs could not be prepared (bad policy, unbindable port)."""
+
+
+@dataclass
+class Sidegate:
+    config: SidegateConfig
+    authz: AuthzService | None = None
+    ratelimit: RateLimitService | None = None
+    tracker: gs.CallTracker = field(default_factory=gs.CallTracker)
+    _services: list[str] = field(default_factory=list)
+
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        if self.draining:
+            return False
+        return all(s.ready for s in (self.authz, self.ratelimit) if s is not None)
+
+    async def start_services(self) -> None:
+        if self.config.authz.enabled:
+            self.authz = build_authz_service(self.config.authz)
+            await self.authz.start()
+            self._services.append(gs.AUTHZ_SERVICE)
+        if self.config.ratelimit.enabled:
+            self.ratelimit = RateLimitService.from_settings(self.config.ratelimit)
+            await self.ratelimit.start()
+            self._services.append(gs.RATELIMIT_SERVICE)
+
+    async def close_services(self) -> None:
+        for service in (self.authz, self.ratelimit):
+            if service is not None:
+                await service.close()
+
+    def reload(self) -> None:
+        """SIGHUP: every component re-reads its files; a bad file keeps the running version."""
+        for name, service in (("authz", self.authz), ("ratelimit", self.ratelimit)):
+            reload = getattr(service, "reload", None)
+            if reload is None:
+                continue
+            ok = bool(reload())
+            RELOADS.labels(name, "success" if ok else "error").inc()
+            log.info("reload", component=name, ok=ok)
+
+
+def _server_options(config: SidegateConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", config.server.max_receive_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class _AioServing:
+    def __init__(self, app: Sidegate) -> None:
+        cfg = app.config.server
+        self.server = grpc.aio.server(options=_server_options(app.config))
+        self.health = health.aio.HealthServicer()
+        if app.authz is not None:
+            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+                gs.AioAuthorization(app.authz, app.tracker), self.server
+            )
+        if app.ratelimit is not None:
+            rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+                gs.AioRateLimit(app.ratelimit, app.tracker), self.server
+            )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        _reflection(app, self.server)
+        if self.server.add_insecure_port(cfg.grpc_address) == 0:
+            raise StartupError(f"cannot bind gRPC address {cfg.grpc_address}")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def set_status(self, names: list[str], status: int) -> None:
+        for name in ["", *names]:
+            await self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.server.stop(grace)
+
+
+class _ThreadServing:
+    def __init__(self, app: Sidegate, loop: asyncio.AbstractEventLoop) -> None:
+        cfg = app.config.server
+        self.pool = futures.ThreadPoolExecutor(cfg.threads, thread_name_prefix="grpc")
+        self.server = grpc.server(self.pool, options=_server_options(app.config))
+        self.health = health.HealthServicer()
+        # The bridge's wait is bounded by the grace period: no worker thread waits forever.
+        bridge = gs.LoopBridge(loop, timeout=cfg.grace_period_s)
+        if app.authz is not None:
+            external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+                gs.ThreadedAuthorization(app.authz, bridge, app.tracker), self.server
+            )
+        if app.ratelimit is not None:
+            rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
+                gs.ThreadedRateLimit(app.ratelimit, bridge, app.tracker), self.server
+            )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        _reflection(app, self.server)
+        if self.server.add_insecure_port(cfg.grpc_address) == 0:
+            raise StartupError(f"cannot bind gRPC address {cfg.grpc_address}")
+
+    async def start(self) -> None:
+        self.server.start()
+
+    async def set_status(self, names: list[str], status: int) -> None:
+        for name in ["", *names]:
+            self.health.set(name, status)
+
+    async def stop(self, grace: float) -> None:
+        event = self.server.stop(grace)
+        await asyncio.get_running_loop().run_in_executor(None, event.wait)
+        self.pool.shutdown(wait=False)
+
+
+def _reflection(app: Sidegate, server: Any) -> None:
+    if app.config.server.reflection:
+        names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+
+
+async def serve(config: SidegateConfig) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, drain in-flight calls, return."""
+    loop = asyncio.get_running_loop()
+    app = Sidegate(config)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload)
+
+    await app.start_services()
+    serving: _AioServing | _ThreadServing
+    serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
+    await serving.start()
+    try:
+        admin = await start_admin(config.server.admin_address, lambda: app.ready)
+    except OSError as exc:
+        await serving.stop(0)
+        address = config.server.admin_address
+        raise StartupError(f"cannot bind admin address {address}: {exc}") from exc
+    await serving.set_status(app._services, SERVING if app.ready else NOT_SERVING)
+    READY.set(1 if app.ready else 0)
+    log.info(
+        "serving",
+        grpc_address=config.server.grpc_address,
+        admin_address=config.server.admin_address,
+        model=config.server.model,
+        services=app._services,
+        ready=app.ready,
+    )
+    # Readiness can change later (a rule set or key set arriving): keep health in step.
+    watcher = asyncio.create_task(_track_readiness(app, serving))
+    await stop.wait()
+
+    grace = config.server.grace_period_s
+    log.info("draining", grace_period_s=grace, in_flight=app.tracker.in_flight)
+    watcher.cancel()
+    draining_since = loop.time()
+    app.draining = True
+    await serving.set_status(app._services, NOT_SERVING)
+    READY.set(0)
+    await _quiesce(app.tracker, config.server.drain_quiet_period_s, grace / 2)
+    await serving.stop(max(grace - (loop.time() - draining_since), 0.5))
+    await admin.cleanup()
+    await app.close_services()
+    log.info("stopped")
+
+
+async def _quiesce(tracker: gs.CallTracker, quiet_period: float, limit: float) -> None:
+    """Keep serving until no call has started for ``quiet_period`` (at most ``limit`` seconds).
+
+    gRPC's stop cancels calls that arrived but were not yet handed to a handler; Envoy sent
+    those before it saw NOT_SERVING, so they are answered first.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while loop.time() < deadline:
+        if tracker.in_flight == 0 and tracker.quiet_for() >= quiet_period:
+            return
+        await asyncio.sleep(0.02)
+
+
+async def _track_readiness(app: Sidegate, serving: _AioServing | _ThreadServing) -> None:
+    last = app.ready
+    while True:
+        await asyncio.sleep(1.0)
+        now = app.ready
+        if now != last:
+            await serving.set_status(app._services, SERVING if now else NOT_SERVING)
+            READY.set(1 if now else 0)
+            log.info("readiness_changed", ready=now)
+            last = now

@@ -1,0 +1,102 @@
+"""The ``sidegate`` command: serve, check-config, and the policy/keys tool groups."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+from pathlib import Path
+
+from extauthz.errors import AuthzConfigError
+from ratelimit.config import RuleConfigError
+from sidegate import __version__
+from sidegate.config import ConfigError, load_config
+from sidegate.logging_setup import configure_logging
+
+# Tool groups owned by the service packages; each exposes add_subcommands(subparsers).
+_SUBCOMMAND_MODULES = ("extauthz.policy.cli_commands", "extauthz.keys_cli")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from sidegate.app import StartupError, serve
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.server.log_level)
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 1
+    except (AuthzConfigError, RuleConfigError) as exc:
+        # A policy, key file or rule file referenced by the config is wrong.
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from extauthz.factory import validate as validate_authz
+    from ratelimit.config import validate as validate_ratelimit
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return 1
+    problems = []
+    if config.authz.enabled:
+        try:
+            validate_authz(config.authz)
+        except AuthzConfigError as exc:
+            problems.append(str(exc))
+    if config.ratelimit.enabled:
+        try:
+            validate_ratelimit(config.ratelimit)
+        except RuleConfigError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        print(f"sidegate: {problem}", file=sys.stderr)
+    if problems:
+        return 1
+    print(f"{args.config or 'embedded default'}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sidegate", description="Envoy ext_authz and rate-limit sidecar"
+    )
+    parser.add_argument("--version", action="version", version=f"sidegate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve ext_authz, rate limit, health and admin endpoints")
+    serve.add_argument("--config", type=Path, help="config file (default: embedded demo config)")
+    serve.set_defaults(handler=_cmd_serve)
+
+    check = sub.add_parser("check-config", help="validate a config file and what it references")
+    check.add_argument("config", type=Path, nargs="?", help="config file (default: embedded)")
+    check.set_defaults(handler=_cmd_check_config)
+
+    for module_name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        module.add_subcommands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

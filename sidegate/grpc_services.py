@@ -1,0 +1,150 @@
+"""gRPC servicers: thin adapters from Envoy's two RPCs to the service objects.
+
+Two flavours of each: coroutine handlers for ``grpc.aio``, and blocking handlers for the
+thread-pool server that run the same coroutine on the process's event loop. Every handler is
+counted by a CallTracker so that shutdown can wait for the calls already on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+
+from extauthz.service import AuthzService, CheckError
+from ratelimit.service import RateLimitRequestError, RateLimitService, RateLimitUnavailable
+from sidegate.metrics import GRPC_ERRORS
+
+log = structlog.get_logger("sidegate.server")
+
+T = TypeVar("T")
+
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+
+
+class CallTracker:
+    """Calls in progress and when the last one started.
+
+    gRPC's server stop cancels calls that reached the server but were not yet handed to a
+    handler; draining waits until calls stop arriving, so none of those is lost.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.last_started = time.monotonic()
+
+    def begin(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.last_started = time.monotonic()
+
+    def end(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def quiet_for(self) -> float:
+        return time.monotonic() - self.last_started
+
+
+def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for a failure; details stay generic (they reach Envoy's logs)."""
+    if isinstance(exc, CheckError):
+        code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.UNKNOWN
+        message = "authorization dependency unavailable" if exc.unavailable else "policy error"
+    elif isinstance(exc, RateLimitUnavailable):
+        code, message = grpc.StatusCode.UNAVAILABLE, "rate limit backend unavailable"
+    elif isinstance(exc, RateLimitRequestError):
+        code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    else:
+        log.error("unhandled_error", service=service, error=type(exc).__name__, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, "internal error"
+    GRPC_ERRORS.labels(service, code.name).inc()
+    return code, message
+
+
+class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, service: AuthzService, tracker: CallTracker) -> None:
+        self.service = service
+        self.tracker = tracker
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.tracker.begin()
+        try:
+            return await self.service.check(request)
+        except Exception as exc:  # the process must never crash on a request
+            code, message = _map_error("authz", exc)
+            await context.abort(code, message)
+        finally:
+            self.tracker.end()
+
+
+class AioRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
+    def __init__(self, service: RateLimitService, tracker: CallTracker) -> None:
+        self.service = service
+        self.tracker = tracker
+
+    async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.tracker.begin()
+        try:
+            return await self.service.should_rate_limit(request)
+        except Exception as exc:
+            code, message = _map_error("ratelimit", exc)
+            await context.abort(code, message)
+        finally:
+            self.tracker.end()
+
+
+class LoopBridge:
+    """Runs a coroutine on the event loop from a gRPC worker thread and waits for it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
+        self.loop = loop
+        self.timeout = timeout
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(self.timeout)
+
+
+class ThreadedAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
+    def __init__(self, service: AuthzService, bridge: LoopBridge, tracker: CallTracker) -> None:
+        self.service = service
+        self.bridge = bridge
+        self.tracker = tracker
+
+    def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.tracker.begin()
+        try:
+            return self.bridge.call(self.service.check(request))
+        except Exception as exc:
+            code, message = _map_error("authz", exc)
+            context.abort(code, message)
+        finally:
+            self.tracker.end()
+
+
+class ThreadedRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
+    def __init__(
+        self, service: RateLimitService, bridge: LoopBridge, tracker: CallTracker
+    ) -> None:
+        self.service = service
+        self.bridge = bridge
+        self.tracker = tracker
+
+    def ShouldRateLimit(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.tracker.begin()
+        try:
+            return self.bridge.call(self.service.should_rate_limit(request))
+        except Exception as exc:
+            code, message = _map_error("ratelimit", exc)
+            context.abort(code, message)
+        finally:
+            self.tracker.end()

@@ -1,0 +1,13 @@
+"""Process-level metrics; each service package defines its own next to its code."""
+
+from prometheus_client import Counter, Gauge
+
+GRPC_ERRORS = Counter(
+    "sidegate_grpc_errors_total",
+    "Calls answered with a gRPC error status, by service and code",
+    ["service", "code"],
+)
+READY = Gauge("sidegate_ready", "1 once config, policies and rate-limit rules are loaded")
+RELOADS = Counter(
+    "sidegate_reloads_total", "SIGHUP reloads by component and result", ["component", "result"]
+)
