@@ -9,7 +9,6 @@ once, and nothing was denied, limited, failed open or errored.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +58,15 @@ class EnvoyRun:
     p99_ms: float
     max_ms: float
     counters: dict[str, int] = field(default_factory=dict)
+    problem: str = ""  # set when verification failed: the run is reported, not counted
+    # CPU time per request (µs, all threads): steadier than req/s on a shared machine, since
+    # it does not depend on the share of the cores the process got.
+    backend_cpu_us_per_req: float = 0.0
+    envoy_cpu_us_per_req: float = 0.0
+
+    @property
+    def valid(self) -> bool:
+        return not self.problem
 
 
 def _delta(before: dict[str, int], after: dict[str, int], name: str) -> int:
@@ -103,6 +111,8 @@ def verify_run(case: str, requests: int, wrk_errors: dict[str, int], before: dic
 
 def run_one(workdir: Path, case: str, backend: Backend | None, backend_port: int,
             opts: EnvoyBenchOptions, round_index: int) -> EnvoyRun:
+    """One measured run; a run whose counters do not add up comes back with ``problem`` set."""
+    label = "envoy" if backend is None else backend.label
     envoy = Envoy(workdir, case, backend_port, opts.envoy_concurrency)
     envoy.start()
     try:
@@ -111,18 +121,24 @@ def run_one(workdir: Path, case: str, backend: Backend | None, backend_port: int
                   "workdir": workdir}
         if opts.warmup_s > 0:
             run_wrk(url, duration_s=opts.warmup_s, **common)  # type: ignore[arg-type]
-        before = envoy.counters()
+        # wrk leaves up to one request per connection in flight when it stops: wait until
+        # Envoy has finished them so they count in neither window.
+        before = envoy.settled_counters()
+        cpu_before = _cpu(envoy, backend)
         result = run_wrk(url, duration_s=opts.duration_s, **common)  # type: ignore[arg-type]
-        # Let Envoy finish the requests wrk abandoned at the deadline before reading counters.
-        time.sleep(0.3)
-        after = envoy.counters()
+        cpu_after = _cpu(envoy, backend)
+        after = envoy.settled_counters()
         envoy.child.check_alive()
         if backend is not None:
             backend.child.check_alive()
-        counters = verify_run(case, result.requests, result.errors, before, after,
-                              opts.connections)
+        problem = ""
+        counters: dict[str, int] = {}
+        try:
+            counters = verify_run(case, result.requests, result.errors, before, after,
+                                  opts.connections)
+        except BenchError as exc:
+            problem = str(exc)
     except BenchError as exc:
-        label = "envoy alone" if backend is None else backend.label
         logs = f"--- envoy log tail ---\n{envoy.child.tail(1500)}"
         if backend is not None:
             logs += f"\n--- {label} log tail ---\n{backend.child.tail(2500)}"
@@ -130,11 +146,20 @@ def run_one(workdir: Path, case: str, backend: Backend | None, backend_port: int
     finally:
         envoy.stop()
     return EnvoyRun(
-        round=round_index, case=case,
-        backend="envoy" if backend is None else backend.label,
+        round=round_index, case=case, backend=label,
         rps=result.rps, requests=result.requests, p50_ms=result.p50_ms, p90_ms=result.p90_ms,
-        p99_ms=result.p99_ms, max_ms=result.max_ms, counters=counters,
+        p99_ms=result.p99_ms, max_ms=result.max_ms, counters=counters, problem=problem,
+        backend_cpu_us_per_req=_per_request(cpu_after[1] - cpu_before[1], result.requests),
+        envoy_cpu_us_per_req=_per_request(cpu_after[0] - cpu_before[0], result.requests),
     )
+
+
+def _cpu(envoy: Envoy, backend: Backend | None) -> tuple[float, float]:
+    return envoy.child.cpu_seconds(), 0.0 if backend is None else backend.child.cpu_seconds()
+
+
+def _per_request(cpu_s: float, requests: int) -> float:
+    return cpu_s * 1e6 / requests if requests else 0.0
 
 
 def run_envoy_bench(workdir: Path, backends: Sequence[Backend], opts: EnvoyBenchOptions,
@@ -153,6 +178,8 @@ def run_envoy_bench(workdir: Path, backends: Sequence[Backend], opts: EnvoyBench
                 progress(
                     f"  round {round_index} {case:<9} {run.backend:<16} {run.rps:>9,.0f} req/s"
                     f"  p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms"
+                    f"  server CPU {run.backend_cpu_us_per_req:5.0f} us/req"
+                    + (f"  REJECTED: {run.problem}" if run.problem else "")
                 )
     return runs
 
@@ -164,6 +191,7 @@ class CaseSummary:
     rps: Spread
     p50_ms: Spread
     p99_ms: Spread
+    cpu_us: Spread
     vs_null: Spread | None  # sidegate / null with the same server model, paired per round
 
     def as_dict(self) -> dict[str, Any]:
@@ -173,11 +201,13 @@ class CaseSummary:
 
 
 def _by_round(runs: Sequence[EnvoyRun], case: str, backend: str) -> dict[int, float]:
-    return {r.round: r.rps for r in runs if r.case == case and r.backend == backend}
+    return {r.round: r.rps for r in runs if r.case == case and r.backend == backend and r.valid}
 
 
 def summarize(runs: Sequence[EnvoyRun]) -> list[CaseSummary]:
+    """Medians over the valid runs only."""
     out = []
+    runs = [r for r in runs if r.valid]
     keys = list(dict.fromkeys((r.case, r.backend) for r in runs))
     for case, backend in keys:
         mine = [r for r in runs if r.case == case and r.backend == backend]
@@ -190,17 +220,22 @@ def summarize(runs: Sequence[EnvoyRun]) -> list[CaseSummary]:
         out.append(CaseSummary(
             case=case, backend=backend, rps=spread([r.rps for r in mine]),
             p50_ms=spread([r.p50_ms for r in mine]), p99_ms=spread([r.p99_ms for r in mine]),
-            vs_null=vs_null,
+            cpu_us=spread([r.backend_cpu_us_per_req for r in mine]), vs_null=vs_null,
         ))
     return out
 
 
-def model_comparison(runs: Sequence[EnvoyRun], kind: str = "sidegate") -> dict[str, Spread]:
-    """threads / aio req/s per case for one backend kind, paired per round."""
+def model_comparison(runs: Sequence[EnvoyRun], kind: str = "sidegate",
+                     metric: str = "rps") -> dict[str, Spread]:
+    """threads / aio per case for one backend kind, paired per round (req/s or CPU/request)."""
     out = {}
-    for case in dict.fromkeys(r.case for r in runs):
-        ratio = paired_ratios(_by_round(runs, case, f"{kind}/threads"),
-                              _by_round(runs, case, f"{kind}/aio"))
+    valid = [r for r in runs if r.valid]
+    for case in dict.fromkeys(r.case for r in valid):
+        def by_round(model: str, case: str = case) -> dict[int, float]:
+            return {r.round: (r.rps if metric == "rps" else r.backend_cpu_us_per_req)
+                    for r in valid if r.case == case and r.backend == f"{kind}/{model}"}
+
+        ratio = paired_ratios(by_round("threads"), by_round("aio"))
         if ratio.n:
             out[case] = ratio
     return out
@@ -209,14 +244,21 @@ def model_comparison(runs: Sequence[EnvoyRun], kind: str = "sidegate") -> dict[s
 def render(summaries: Sequence[CaseSummary], runs: Sequence[EnvoyRun]) -> str:
     rows = [
         [CASE_LABELS.get(s.case, s.case), s.backend, s.rps.fmt(), s.p50_ms.fmt(2),
-         s.p99_ms.fmt(2), "-" if s.vs_null is None else s.vs_null.fmt(2)]
+         s.p99_ms.fmt(2), "-" if s.backend == "envoy" else s.cpu_us.fmt(),
+         "-" if s.vs_null is None else s.vs_null.fmt(2)]
         for s in summaries
     ]
     text = table(["case", "server", "req/s median (min-max)", "p50 ms", "p99 ms",
-                  "sidegate/null same model"], rows)
+                  "server CPU us/req", "sidegate/null same model"], rows)
     lines = [text, ""]
+    rejected = [r for r in runs if not r.valid]
+    for r in rejected:
+        lines.append(f"REJECTED round {r.round} {r.case} {r.backend}: {r.problem}")
+    if rejected:
+        lines.append("")
     for kind in ("sidegate", "null"):
+        cpu = model_comparison(runs, kind, "cpu")
         for case, ratio in model_comparison(runs, kind).items():
-            lines.append(f"{kind}: threads/aio req/s, {CASE_LABELS.get(case, case)}: "
-                         f"{ratio.fmt(2)}")
+            lines.append(f"{kind}: threads/aio, {CASE_LABELS.get(case, case)}: "
+                         f"req/s {ratio.fmt(2)}, CPU per request {cpu[case].fmt(2)}")
     return "\n".join(lines)

@@ -7,7 +7,8 @@ Two clients:
   numbers are lower than what the server alone could do; they compare servers fairly.
 - ``h2load`` (``apt-get install -y nghttp2-client``): a C HTTP/2 client posting a gRPC-framed
   request; it only sees HTTP statuses, so one Python call per method first proves the answer
-  is the expected one, and the run fails on any non-2xx or failed stream.
+  is the expected one, and the run fails on any non-2xx or failed stream, or when sidegate's
+  ``sidegate_grpc_errors_total`` moved during the run.
 
 Requests look like Envoy's: the CheckRequest carries the attributes and headers Envoy sends for
 a GET through the example listener; the RateLimitRequest the descriptors of the example route.
@@ -31,7 +32,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from bench.procs import Backend, BenchError
+from bench.procs import Backend, BenchError, http_get
 from bench.stats import Spread, paired_ratios, spread, table
 
 METHODS = ("check", "ratelimit")
@@ -97,6 +98,7 @@ class GrpcRun:
     duration_s: float
     p50_ms: float
     p99_ms: float
+    server_cpu_us_per_call: float = 0.0
 
     @property
     def calls_per_s(self) -> float:
@@ -199,6 +201,20 @@ def h2load_load(port: int, method: str, *, duration_s: float, concurrency: int, 
     return calls, seconds, mean, mean + 2.33 * sd
 
 
+def grpc_errors(backend: Backend) -> float:
+    """sidegate's count of calls answered with a gRPC error (h2load cannot see grpc-status).
+
+    The null services have no error path; they count as 0.
+    """
+    if backend.kind != "sidegate":
+        return 0.0
+    status, body = http_get(backend.admin_port, "/metrics")
+    if status != 200:
+        raise BenchError(f"{backend.label} /metrics answered {status}")
+    return sum(float(line.rpartition(" ")[2]) for line in body.decode().splitlines()
+               if line.startswith("sidegate_grpc_errors_total{"))
+
+
 def run_grpc_bench(workdir: Path, backends: Sequence[Backend], *, runs: int, duration_s: float,
                    concurrency: int, channels: int, client: str = "python",
                    methods: Sequence[str] = METHODS,
@@ -207,12 +223,17 @@ def run_grpc_bench(workdir: Path, backends: Sequence[Backend], *, runs: int, dur
     for round_index in range(1, runs + 1):
         for method in methods:
             for backend in backends:
+                cpu_before = backend.child.cpu_seconds()
                 if client == "h2load":
                     asyncio.run(python_load(backend.grpc_port, method, duration_s=0.2,
                                             concurrency=1, channels=1))
+                    errors_before = grpc_errors(backend)
                     calls, seconds, p50, p99 = h2load_load(
                         backend.grpc_port, method, duration_s=duration_s,
                         concurrency=concurrency, channels=channels, workdir=workdir)
+                    if grpc_errors(backend) != errors_before:
+                        raise BenchError(f"{backend.label} answered {method} calls with gRPC "
+                                         f"errors under h2load (sidegate_grpc_errors_total)")
                 else:
                     calls, seconds, lat = asyncio.run(python_load(
                         backend.grpc_port, method, duration_s=duration_s,
@@ -220,10 +241,13 @@ def run_grpc_bench(workdir: Path, backends: Sequence[Backend], *, runs: int, dur
                     lat.sort()
                     p50, p99 = _percentile(lat, 50), _percentile(lat, 99)
                 backend.child.check_alive()
-                run = GrpcRun(round_index, method, backend.label, client, calls, seconds, p50, p99)
+                cpu = (backend.child.cpu_seconds() - cpu_before) * 1e6 / max(calls, 1)
+                run = GrpcRun(round_index, method, backend.label, client, calls, seconds, p50, p99,
+                              cpu)
                 results.append(run)
                 progress(f"  round {round_index} {method:<9} {backend.label:<16} "
-                         f"{run.calls_per_s:>9,.0f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms")
+                         f"{run.calls_per_s:>9,.0f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
+                         f"  server CPU {cpu:5.0f} us/call")
     return results
 
 
@@ -244,6 +268,7 @@ def summarize_grpc(runs: Sequence[GrpcRun]) -> list[dict[str, Any]]:
             "calls_per_s": spread([r.calls_per_s for r in mine]),
             "p50_ms": spread([r.p50_ms for r in mine]),
             "p99_ms": spread([r.p99_ms for r in mine]),
+            "cpu_us": spread([r.server_cpu_us_per_call for r in mine]),
             "vs_null": ratio if ratio is not None and ratio.n else None,
         })
     return out
@@ -251,7 +276,8 @@ def summarize_grpc(runs: Sequence[GrpcRun]) -> list[dict[str, Any]]:
 
 def render_grpc(summary: Sequence[dict[str, Any]]) -> str:
     rows = [[s["method"], s["backend"], s["calls_per_s"].fmt(), s["p50_ms"].fmt(2),
-             s["p99_ms"].fmt(2), "-" if s["vs_null"] is None else s["vs_null"].fmt(2)]
+             s["p99_ms"].fmt(2), s["cpu_us"].fmt(),
+             "-" if s["vs_null"] is None else s["vs_null"].fmt(2)]
             for s in summary]
     return table(["method", "server", "calls/s median (min-max)", "p50 ms", "p99 ms",
-                  "sidegate/null same model"], rows)
+                  "server CPU us/call", "sidegate/null same model"], rows)

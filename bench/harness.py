@@ -137,19 +137,24 @@ def main(argv: list[str] | None = None) -> int:
             from bench.grpc_load import h2load_binary
 
             h2load_binary()
-        report = run(args)
+        report, rejected = run(args)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
     print(report)
+    if rejected:
+        print(f"bench: {rejected} run(s) rejected by verification (see above)", file=sys.stderr)
+        return 1
     return 0
 
 
-def run(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> tuple[str, int]:
+    """(the printed report, how many runs failed verification)."""
     meta = environment(args)
     workdir = Path(tempfile.mkdtemp(prefix="sidegate-bench-"))
     output: dict[str, Any] = {"environment": meta}
     sections = []
+    rejected = 0
     ok = False
     backends = start_backends(args.backends, workdir, args.threads, args.sidegate_log_level)
     try:
@@ -164,12 +169,15 @@ def run(args: argparse.Namespace) -> str:
             runs = run_envoy_bench(workdir, backends, opts,
                                    progress=lambda s: print(s, flush=True))
             summaries = summarize(runs)
+            rejected += sum(not r.valid for r in runs)
             output["envoy"] = {
                 "options": asdict(opts),
                 "runs": [asdict(r) for r in runs],
                 "summary": [s.as_dict() for s in summaries],
                 "threads_over_aio": {
-                    kind: _jsonable(model_comparison(runs, kind)) for kind in ("sidegate", "null")
+                    kind: {metric: _jsonable(model_comparison(runs, kind, metric))
+                           for metric in ("rps", "cpu")}
+                    for kind in ("sidegate", "null")
                 },
             }
             sections.append("== HTTP through Envoy (wrk) ==\n" + render(summaries, runs))
@@ -202,7 +210,7 @@ def run(args: argparse.Namespace) -> str:
     result_path.write_text(json.dumps(output, indent=2) + "\n")
     before, after = meta["loadavg_before"][0], meta["loadavg_after"][0]
     load = f"load average {before:.2f} before, {after:.2f} after"
-    return "\n\n".join([*sections, f"{load}; results: {result_path}"])
+    return "\n\n".join([*sections, f"{load}; results: {result_path}"]), rejected
 
 
 if __name__ == "__main__":

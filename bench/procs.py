@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -26,6 +27,9 @@ BENCH_RULES_DIR = BENCH_DIR / "config" / "ratelimit"
 
 Model = Literal["aio", "threads"]
 BackendKind = Literal["null", "sidegate"]
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
@@ -87,6 +91,13 @@ class Child:
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process, all its threads (Linux /proc)."""
+        if self.proc is None:
+            return 0.0
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -260,6 +271,17 @@ class Envoy:
         if status != 200:
             raise BenchError(f"envoy admin /stats answered {status}")
         return {s["name"]: int(s["value"]) for s in json.loads(body)["stats"] if "value" in s}
+
+    def settled_counters(self, timeout: float = 5.0) -> dict[str, int]:
+        """Counters once no downstream request is in flight (bounded wait)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counters = self.counters()
+            if counters.get("http.ingress.downstream_rq_active", 0) == 0:
+                return counters
+            if time.monotonic() > deadline:
+                raise BenchError(f"envoy still has requests in flight after {timeout:.0f}s")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.child.stop()

@@ -11,8 +11,11 @@ import re
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
+from extauthz.policy.input_paths import PathTree, prune
 from extauthz.request_body import BodyError, parse_body
 from extauthz.request_view import RequestView, split_path
 
@@ -53,28 +56,130 @@ def parse_query(query: str) -> dict[str, list[str]]:
     return parse_qs(query, keep_blank_values=True, errors="strict")
 
 
-def _attributes_document(view: RequestView) -> dict[str, Any]:
+def _as_is(value: Any) -> Any:
+    return value
+
+
+# By wire type, not C++ type: bytes share CPPTYPE_STRING but protojson writes them in base64.
+_SCALARS = {
+    FieldDescriptor.TYPE_STRING: _as_is,
+    FieldDescriptor.TYPE_BOOL: _as_is,
+    **dict.fromkeys(
+        (
+            FieldDescriptor.TYPE_INT32,
+            FieldDescriptor.TYPE_SINT32,
+            FieldDescriptor.TYPE_SFIXED32,
+            FieldDescriptor.TYPE_UINT32,
+            FieldDescriptor.TYPE_FIXED32,
+        ),
+        _as_is,
+    ),
+    # protojson writes 64-bit integers as strings; _attributes_document fixes the one it uses
+    **dict.fromkeys(
+        (
+            FieldDescriptor.TYPE_INT64,
+            FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_SFIXED64,
+            FieldDescriptor.TYPE_UINT64,
+            FieldDescriptor.TYPE_FIXED64,
+        ),
+        str,
+    ),
+}
+
+
+class _NotSimple(Exception):
+    """A named field whose protojson form is left to MessageToDict (bytes, floats, lists...)."""
+
+
+def _convert(message: Message, tree: PathTree | None) -> Any:
+    """``prune(MessageToDict(message), tree)``, converting only the fields ``tree`` names.
+
+    Singular messages, string maps and plain scalars are converted here as protojson does
+    (fields at their default value left out); any other named field, and the well-known types
+    (their JSON form is not their fields), fall back to MessageToDict for that message.
+    """
+    descriptor: Descriptor = message.DESCRIPTOR
+    if tree is None or descriptor.full_name.startswith("google.protobuf."):
+        return prune(MessageToDict(message), tree)
+    try:
+        return _convert_fields(message, descriptor, tree)
+    except _NotSimple:
+        return prune(MessageToDict(message), tree)
+
+
+def _convert_fields(message: Message, descriptor: Descriptor, tree: PathTree) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for field in descriptor.fields:
+        if field.json_name not in tree:
+            continue
+        subtree = tree[field.json_name]
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            entry = field.message_type.fields_by_name
+            if {entry["key"].type, entry["value"].type} != {field.TYPE_STRING}:
+                raise _NotSimple
+            if value:
+                document[field.json_name] = prune(dict(value), subtree)
+        elif field.is_repeated:
+            raise _NotSimple
+        elif field.message_type is not None:
+            if message.HasField(field.name):
+                document[field.json_name] = _convert(value, subtree)
+        elif field.type in _SCALARS:
+            present = message.HasField(field.name) if field.has_presence else bool(value)
+            if present:
+                document[field.json_name] = _SCALARS[field.type](value)
+        else:
+            raise _NotSimple
+    return document
+
+
+def _attributes_document(view: RequestView, tree: PathTree | None = None) -> dict[str, Any]:
     """The CheckRequest in protojson names, with the two choices documented in docs/policy.md:
     int64 fields (``http.size``) are numbers, as in opa-envoy-plugin's protoreflect mapping,
-    not protojson's strings; timestamps stay RFC 3339 strings (``time.parse_rfc3339_ns``)."""
-    document = MessageToDict(view.request, preserving_proto_field_name=False)
+    not protojson's strings; timestamps stay RFC 3339 strings (``time.parse_rfc3339_ns``).
+
+    ``tree`` (a path tree of the input) limits the conversion to what it names."""
+    if tree is not None:
+        if "attributes" not in tree:
+            return {}
+        tree = {"attributes": tree["attributes"]}
+    document: dict[str, Any] = _convert(view.request, tree)
     http = document.get("attributes", {}).get("request", {}).get("http")
     if http is not None:
         if "size" in http:
             http["size"] = int(http["size"])
-        if "headerMap" in http and "headers" not in http:
+        http_tree = _subtree(tree, "attributes", "request", "http")
+        wants_headers = http_tree is None or "headers" in http_tree
+        if (
+            wants_headers
+            and "headers" not in http
+            and view.request.attributes.request.http.HasField("header_map")
+        ):
             # Envoy's encode_raw_headers sends header_map; policies read the headers map.
-            http["headers"] = dict(view.headers)
+            http["headers"] = prune(dict(view.headers), _subtree(http_tree, "headers"))
     return document
 
 
-def build_input(view: RequestView, body: BodySettings | None = None) -> dict[str, Any]:
+def _subtree(tree: PathTree | None, *keys: str) -> PathTree | None:
+    for key in keys:
+        if tree is None:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def build_input(
+    view: RequestView, body: BodySettings | None = None, needs: PathTree | None = None
+) -> dict[str, Any]:
     """The opa-envoy-plugin input document for one request (identity added by the caller).
 
     ``body`` None or ``parse=False`` leaves out ``parsed_body``/``truncated_body``, as
-    opa-envoy-plugin's ``skip-request-body-parse``.
+    opa-envoy-plugin's ``skip-request-body-parse``. ``needs`` (see policy/input_paths.py)
+    builds only those parts (None: all); a request the full document refuses is still refused.
     """
-    document = _attributes_document(view)
+    document = _attributes_document(view, needs)
     path, query = split_path(view.raw_path)
     try:
         document["parsed_path"] = parse_path(path)
@@ -93,4 +198,4 @@ def build_input(view: RequestView, body: BodySettings | None = None) -> dict[str
     document["version"] = VERSION
     if view.source_principal:
         document["source_principal"] = view.source_principal
-    return document
+    return prune(document, needs)

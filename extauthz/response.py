@@ -24,19 +24,21 @@ _APPEND = BoolValue(value=True)
 
 
 def header_options(
-    headers: Iterable[tuple[str, str]], *, append: bool = False
+    headers: Iterable[tuple[str, str]], *, append: bool = False, repeats_append: bool = True
 ) -> list[HeaderValueOption]:
     """One HeaderValueOption per (name, value), ``append`` always set explicitly.
 
     Envoy versions disagree on what an unset ``append`` means (envoy#43310), so it is never
-    left unset. A repeated name with ``append=False`` on the first and True on the rest keeps
-    every value (e.g. several Set-Cookie).
+    left unset. On an OK response a repeated name with ``append=False`` on the first and True
+    on the rest keeps every value. A denied response is different (``repeats_append=False``):
+    Envoy removes each overwrite-header's existing values, then adds every value it was given,
+    and drops append-headers there, so all values are sent as overwrites (e.g. two Set-Cookie).
     """
     options = []
     seen: set[str] = set()
     for name, value in headers:
         key = name.lower()
-        repeat = key in seen
+        repeat = key in seen and repeats_append
         seen.add(key)
         options.append(
             HeaderValueOption(
@@ -87,7 +89,7 @@ def denied_response(
 ) -> CheckResponse:
     denied = DeniedHttpResponse(
         status=HttpStatus(code=http_status),  # type: ignore[arg-type]
-        headers=header_options(headers),
+        headers=header_options(headers, repeats_append=False),
         body=body,
     )
     response = CheckResponse(status=status_pb2.Status(code=grpc_code), denied_response=denied)

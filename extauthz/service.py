@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from google.rpc import code_pb2
@@ -15,7 +15,8 @@ from extauthz.input_document import InputError, build_input
 from extauthz.policy import metrics as policy_metrics
 from extauthz.policy.decision import Decision, DecisionError, parse_decision
 from extauthz.policy.decision_log import PolicyTrace, mask_input
-from extauthz.policy.engine import PolicyEngine, PolicyError
+from extauthz.policy.engine import EvalResult, PolicyEngine, PolicyError
+from extauthz.policy.input_paths import PathTree, prune
 from extauthz.request_view import RequestView
 from extauthz.response import decision_response, denied_response
 
@@ -119,9 +120,12 @@ class AuthzService:
             "consumer": identity.consumer,
         }
         policy = self.settings.policy
+        needs = self.engine.input_needs if policy.prune_input else None
+        log_input = policy.decision_log.include_input
         input_started = time.perf_counter()
         try:
-            document = build_input(view, policy.body)
+            # The decision log shows the whole document; only the engine gets the pruned one.
+            document = build_input(view, policy.body, None if log_input else needs)
         except InputError as exc:
             response = denied_response(
                 400,
@@ -142,7 +146,7 @@ class AuthzService:
                 policy.decision_log.sensitive_query_params,
             )
         try:
-            result = await self.engine.evaluate(path, document)
+            result = await self._evaluate(path, view, document, needs)
             trace.eval_seconds = result.eval_seconds
             metrics.POLICY_EVAL_SECONDS.observe(result.eval_seconds)
             decision = parse_decision(result.value)
@@ -155,6 +159,18 @@ class AuthzService:
         trace.result = "allow" if decision.allowed else "deny"
         policy_metrics.DECISIONS.labels(trace.result, str(trace.dry_run).lower()).inc()
         return (*self._apply(decision, metadata, identity, view, trace.dry_run), identity)
+
+    async def _evaluate(
+        self, path: str, view: RequestView, document: dict[str, Any], needs: PathTree | None
+    ) -> EvalResult:
+        result = await self.engine.evaluate(path, prune(document, needs))
+        if needs is not None and self.engine.input_needs != needs:
+            # Policies reloaded between building the input and evaluating it may read more:
+            # decide again on the whole document (the partial build validated the request).
+            full = build_input(view, self.settings.policy.body)
+            full["identity"] = document["identity"]
+            result = await self.engine.evaluate(path, full)
+        return result
 
     def _apply(
         self,

@@ -27,7 +27,7 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 class RemoteOpaSettings(_Strict):
     """A running OPA asked over its REST Data API (``POST /v1/data/<path>``)."""
 
-    url: str = "http://127.0.0.1:8181"
+    url: str = Field("http://127.0.0.1:8181", pattern=r"^https?://[^/?#]+(/[^?#]*)?$")
     # Per decision; Envoy's own ext_authz timeout defaults to 200 ms, so stay below it.
     timeout: float = Field(0.15, gt=0)
     max_connections: int = Field(32, ge=1)
@@ -74,9 +74,12 @@ class PolicySettings(_Strict):
     dry_run_paths: list[str] = Field(default_factory=list)
     # Embedded engine: poll the directory every watch_interval seconds, recompile on change
     # (0 = off; SIGHUP reloads either way).
-    watch_interval: float = Field(0.0, ge=0)
+    watch_interval: float = Field(2.0, ge=0)
     body: BodySettings = Field(default_factory=dict)  # type: ignore[arg-type]
     decision_log: DecisionLogSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    # Embedded engine: set only the input paths the policies reference (setting the input is
+    # most of a decision's cost). Off: the whole document, for debugging.
+    prune_input: bool = True
 
     _resolve_directory = field_validator("directory")(_resolve)
 
@@ -91,4 +94,4 @@ class PolicySettings(_Strict):
 class AuthzSettings(_Strict):
     enabled: bool = True
     policy: PolicySettings = Field(default_factory=dict)  # type: ignore[arg-type]
-    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    identity: IdentitySettings = Field(default_factory=dict)  # type: ignore[arg-type]

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ratelimit.config.model import DescriptorNode, Domain, Rule
+from ratelimit.buckets.base import BucketRequest
+from ratelimit.config.model import Algorithm, DescriptorNode, Domain, Limit, Rule
+from ratelimit.config.units import ENUM_SECONDS
+
+if TYPE_CHECKING:
+    from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Match:
     rule: Rule
     # Metric label: the config path (patterns, key-only keys), with request values only where
@@ -24,6 +29,8 @@ class Match:
     # What the counter is keyed by: request values, except patterns under share_threshold.
     counter_path: str
     metadata: dict[str, Any] | None
+    # The service's bucket templates for this match, filled on first use (keys are hashed once).
+    buckets: tuple[BucketRequest, ...] | None = None
 
 
 def _step(
@@ -80,4 +87,33 @@ def _match(domain: str, rule: Rule, path: list[tuple[DescriptorNode, str, str]])
         detailed=detailed,
         counter_path="\x1f".join(counter_parts),
         metadata=metadata,
+    )
+
+
+def override_match(
+    domain: str,
+    entries: Sequence[tuple[str, str]],
+    override: RateLimitDescriptor.RateLimitOverride,
+    algorithm: Algorithm,
+) -> Match | None:
+    """The limit Envoy sent with the descriptor replaces the tree (the domain must exist)."""
+    seconds = ENUM_SECONDS.get(override.unit)
+    if seconds is None:
+        return None
+    requests = override.requests_per_unit
+    limit = Limit(
+        requests_per_unit=requests,
+        window_ms=seconds * 1000,
+        unit=override.unit,
+        algorithm=algorithm,
+        burst=requests,
+    )
+    # One rolled-up series for all overrides of a domain (their values are unbounded).
+    stat_key = f"{domain}.override"
+    return Match(
+        rule=Rule(limits=(limit,), stat_key=stat_key),
+        stat_key=stat_key,
+        detailed=False,
+        counter_path="\x1f".join(f"{k}\x1e{v}" for k, v in entries),
+        metadata=None,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 CALLS = Counter(
@@ -61,3 +63,25 @@ LOCAL_CACHE_HITS = Counter(
     "Buckets answered OVER_LIMIT from the local over-limit cache without the backend",
 )
 LOCAL_CACHE_SIZE = Gauge("sidegate_ratelimit_local_cache_entries", "Keys in the over-limit cache")
+
+
+# labels() costs microseconds; the hot path keeps the children it asked for once.
+_CALL_CHILDREN: dict[str, tuple[Any, Any]] = {}
+
+
+def _call_children(outcome: str) -> tuple[Any, Any]:
+    children = _CALL_CHILDREN.get(outcome)
+    if children is None:
+        children = _CALL_CHILDREN[outcome] = (
+            CALLS.labels(outcome),
+            CALL_SECONDS.labels(outcome),
+        )
+    return children
+
+
+def call_counter(outcome: str) -> Any:
+    return _call_children(outcome)[0]
+
+
+def call_histogram(outcome: str) -> Any:
+    return _call_children(outcome)[1]

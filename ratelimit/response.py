@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.core.v3.base_pb2 import HeaderValue
 from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
 
 from ratelimit.config.model import Limit
 
@@ -27,20 +28,17 @@ class DescriptorOutcome:
     reset_seconds: int = 0
     quota_mode: bool = False
 
-    def to_status(self) -> rls_pb2.RateLimitResponse.DescriptorStatus:
-        status = rls_pb2.RateLimitResponse.DescriptorStatus(
-            code=self.code, limit_remaining=min(self.remaining, UINT32_MAX)
-        )
+    def fill(self, status: rls_pb2.RateLimitResponse.DescriptorStatus) -> None:
+        """Write into a status already in the response (no temporary messages to copy)."""
+        status.code = self.code  # type: ignore[assignment]
+        status.limit_remaining = min(self.remaining, UINT32_MAX)
         if self.limit is not None:
-            status.current_limit.CopyFrom(
-                rls_pb2.RateLimitResponse.RateLimit(
-                    name=self.limit.name,
-                    requests_per_unit=self.limit.requests_per_unit,
-                    unit=self.limit.unit,
-                )
-            )
-            status.duration_until_reset.CopyFrom(Duration(seconds=self.reset_seconds))
-        return status
+            current = status.current_limit
+            current.requests_per_unit = self.limit.requests_per_unit
+            current.unit = self.limit.unit  # type: ignore[assignment]
+            if self.limit.name:
+                current.name = self.limit.name
+            status.duration_until_reset.seconds = self.reset_seconds
 
 
 def unlimited_outcome() -> DescriptorOutcome:
@@ -78,3 +76,26 @@ def limit_headers(
         HeaderValue(key=remaining_name, value=str(chosen.remaining)),
         HeaderValue(key=reset_name, value=str(chosen.reset_seconds)),
     ]
+
+
+def dynamic_metadata(
+    request: rls_pb2.RateLimitRequest, rule_metadata: Sequence[dict[str, Any] | None]
+) -> Struct:
+    """envoyproxy/ratelimit's RESPONSE_DYNAMIC_METADATA document (first rule value wins)."""
+    merged: dict[str, Any] = {}
+    for metadata in rule_metadata:
+        for key, value in (metadata or {}).items():
+            merged.setdefault(key, value)
+    document: dict[str, Any] = {
+        "domain": request.domain,
+        "descriptors": [
+            {"entries": [f"{e.key}={e.value}" for e in d.entries]} for d in request.descriptors
+        ],
+    }
+    if request.hits_addend:
+        document["hitsAddend"] = request.hits_addend
+    if merged:
+        document["metadata"] = merged
+    struct = Struct()
+    struct.update(document)
+    return struct

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ratelimit import metrics
+
+KINDS = (
+    "total_hits", "over_limit", "near_limit", "within_limit", "shadow_mode",
+    "over_limit_with_local_cache",
+)
 
 
 class RuleStats:
@@ -10,6 +17,8 @@ class RuleStats:
         self.near_limit_ratio = near_limit_ratio
         self.max_detailed_series = max_detailed_series
         self._detailed: set[tuple[str, str]] = set()
+        # (domain, rule) -> kind -> counter child; bounded like the label values themselves
+        self._series: dict[tuple[str, str], dict[str, Any]] = {}
 
     def label(self, domain: str, stat_key: str, rolled_up: str, detailed: bool) -> str:
         """The rule label; request values only while the detailed series stay under the cap."""
@@ -35,19 +44,23 @@ class RuleStats:
         shadow: bool,
         from_cache: bool,
     ) -> None:
-        counter = metrics.RULE_HITS
-        counter.labels(domain, rule, "total_hits").inc(hits)
+        series = self._series.get((domain, rule))
+        if series is None:
+            series = self._series[(domain, rule)] = {
+                kind: metrics.RULE_HITS.labels(domain, rule, kind) for kind in KINDS
+            }
+        series["total_hits"].inc(hits)
         if over:
-            counter.labels(domain, rule, "over_limit").inc(hits)
+            series["over_limit"].inc(hits)
             if from_cache:
-                counter.labels(domain, rule, "over_limit_with_local_cache").inc(hits)
+                series["over_limit_with_local_cache"].inc(hits)
             if shadow:
-                counter.labels(domain, rule, "shadow_mode").inc(hits)
+                series["shadow_mode"].inc(hits)
             return
-        counter.labels(domain, rule, "within_limit").inc(hits)
+        series["within_limit"].inc(hits)
         # The hits that landed above near = floor(limit * ratio), as envoyproxy/ratelimit counts.
         near = int(limit * self.near_limit_ratio)
         after = limit - remaining
         before = after - hits
         if after > near:
-            counter.labels(domain, rule, "near_limit").inc(after - max(near, before))
+            series["near_limit"].inc(after - max(near, before))

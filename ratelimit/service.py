@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import time
@@ -10,22 +11,21 @@ from typing import TYPE_CHECKING
 
 import structlog
 from envoy.service.ratelimit.v3 import rls_pb2
-from google.protobuf.struct_pb2 import Struct
 
 from ratelimit import metrics
 from ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
 from ratelimit.buckets.memory import MemoryBackend
 from ratelimit.config.errors import RuleConfigError
 from ratelimit.config.loader import load_from_settings
-from ratelimit.config.model import Limit, Rule, RuleSet
-from ratelimit.config.units import ENUM_SECONDS
+from ratelimit.config.model import Domain, Limit, RuleSet
 from ratelimit.failover import FailoverBackend
 from ratelimit.local_cache import OverLimitCache
-from ratelimit.matching import Match, find_rule
+from ratelimit.matching import Match, find_rule, override_match
 from ratelimit.response import (
     OK,
     OVER_LIMIT,
     DescriptorOutcome,
+    dynamic_metadata,
     limit_headers,
     overall_code,
     unlimited_outcome,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("sidegate.ratelimit")
 
 _CODE_NAMES = {OK: "OK", OVER_LIMIT: "OVER_LIMIT"}
+_MATCH_CACHE_SIZE = 50_000
 
 
 class RateLimitUnavailable(Exception):
@@ -57,7 +58,6 @@ class _Checked:
     match: Match
     hits: int
     buckets: list[BucketRequest] = field(default_factory=list)
-    cached_over: list[bool] = field(default_factory=list)
 
 
 def _bucket_key(domain: str, limit: Limit, counter_path: str) -> str:
@@ -82,6 +82,8 @@ class RateLimitService:
         self.over_limit_cache = over_limit_cache
         self.stats = RuleStats(settings.near_limit_ratio, settings.detailed_metric_max_series)
         self._watcher: RuleWatcher | None = None
+        self._matches: dict[tuple[str, tuple[tuple[str, str], ...]], Match | None] = {}
+        self._matches_for: RuleSet | None = None
         self._header_names = (
             settings.response_headers.limit_header,
             settings.response_headers.remaining_header,
@@ -176,8 +178,8 @@ class RateLimitService:
             raise
         finally:
             elapsed = time.perf_counter() - started
-            metrics.CALLS.labels(outcome).inc()
-            metrics.CALL_SECONDS.labels(outcome).observe(elapsed)
+            metrics.call_counter(outcome).inc()
+            metrics.call_histogram(outcome).observe(elapsed)
             log.info(
                 "should_rate_limit",
                 domain=request.domain,
@@ -207,11 +209,13 @@ class RateLimitService:
             )
             match = None
             if domain is not None:
-                entries = [(e.key, e.value) for e in descriptor.entries]
+                entries = tuple((e.key, e.value) for e in descriptor.entries)
                 if descriptor.HasField("limit"):
-                    match = self._override(request.domain, entries, descriptor.limit)
+                    match = override_match(
+                        request.domain, entries, descriptor.limit, self.settings.default_algorithm
+                    )
                 else:
-                    match = find_rule(domain, entries)
+                    match = self._find(rules, domain, entries)
             matches.append((match, hits))
         replaced = {name for m, _ in matches if m is not None for name in m.rule.replaces}
         outcomes = [DescriptorOutcome() for _ in matches]
@@ -227,9 +231,10 @@ class RateLimitService:
         if checked:
             degraded = await self._take(request.domain, checked, outcomes)
         response = rls_pb2.RateLimitResponse(
-            overall_code=overall_code(outcomes, self.settings.quota_mode),
-            statuses=[o.to_status() for o in outcomes],
+            overall_code=overall_code(outcomes, self.settings.quota_mode)
         )
+        for outcome in outcomes:
+            outcome.fill(response.statuses.add())
         if response.overall_code == OVER_LIMIT and self.settings.shadow_mode:
             metrics.GLOBAL_SHADOW_MODE.inc()
             response.overall_code = OK
@@ -238,7 +243,9 @@ class RateLimitService:
                 limit_headers(outcomes, self._header_names, self.settings.quota_mode)
             )
         if self.settings.response_dynamic_metadata:
-            response.dynamic_metadata.CopyFrom(self._dynamic_metadata(request, matches))
+            response.dynamic_metadata.CopyFrom(
+                dynamic_metadata(request, [m.metadata if m else None for m, _ in matches])
+            )
         summary = [
             {
                 "keys": ",".join(e.key for e in d.entries),
@@ -250,88 +257,77 @@ class RateLimitService:
         ]
         return response, summary, degraded
 
-    def _override(
-        self, domain: str, entries: list[tuple[str, str]], override: object
+    def _find(
+        self, rules: RuleSet, domain: Domain, entries: tuple[tuple[str, str], ...]
     ) -> Match | None:
-        unit = override.unit  # type: ignore[attr-defined]
-        seconds = ENUM_SECONDS.get(unit)
-        if seconds is None:
-            return None
-        requests = override.requests_per_unit  # type: ignore[attr-defined]
-        limit = Limit(
-            requests_per_unit=requests,
-            window_ms=seconds * 1000,
-            unit=unit,
-            algorithm=self.settings.default_algorithm,
-            burst=requests,
-        )
-        # One rolled-up series for all overrides of a domain (their values are unbounded).
-        stat_key = f"{domain}.override"
-        return Match(
-            rule=Rule(limits=(limit,), stat_key=stat_key),
-            stat_key=stat_key,
-            detailed=False,
-            counter_path="\x1f".join(f"{k}\x1e{v}" for k, v in entries),
-            metadata=None,
-        )
+        """find_rule, memoised per rule set: hot descriptors repeat, the walk need not."""
+        if self._matches_for is not rules:
+            self._matches_for = rules
+            self._matches = {}
+        cache_key = (domain.name, entries)
+        try:
+            return self._matches[cache_key]
+        except KeyError:
+            pass
+        match = find_rule(domain, entries)
+        if len(self._matches) >= _MATCH_CACHE_SIZE:
+            self._matches.clear()  # request values are unbounded; start over rather than grow
+        self._matches[cache_key] = match
+        return match
 
     def _buckets_for(self, domain: str, index: int, match: Match, hits: int) -> _Checked:
-        rule = match.rule
-        enforce = not (rule.shadow_mode or rule.quota_mode or self.settings.quota_mode)
-        checked = _Checked(index=index, match=match, hits=hits)
-        for limit in rule.limits:
-            fixed = limit.algorithm == "fixed_window"
-            checked.buckets.append(
+        templates = match.buckets
+        if templates is None:
+            rule = match.rule
+            enforce = not (rule.shadow_mode or rule.quota_mode or self.settings.quota_mode)
+            templates = tuple(
                 BucketRequest(
                     key=_bucket_key(domain, limit, match.counter_path),
                     algorithm=limit.algorithm,
                     limit=limit.requests_per_unit,
                     window_ms=limit.window_ms,
                     burst=limit.burst,
-                    hits=hits,
+                    hits=0,
                     enforce=enforce,
-                    always_charge=fixed and self.settings.fixed_window_count_rejected,
+                    always_charge=(
+                        limit.algorithm == "fixed_window"
+                        and self.settings.fixed_window_count_rejected
+                    ),
                 )
+                for limit in rule.limits
             )
-        return checked
+            match.buckets = templates  # a memoised Match keeps its keys
+        buckets = [
+            BucketRequest(t.key, t.algorithm, t.limit, t.window_ms, t.burst, hits, t.enforce,
+                          t.always_charge)
+            for t in templates
+        ]
+        return _Checked(index=index, match=match, hits=hits, buckets=buckets)
 
     async def _take(
         self, domain: str, checked: list[_Checked], outcomes: list[DescriptorOutcome]
     ) -> str | None:
+        flat = [bucket for item in checked for bucket in item.buckets]
         cache = self.over_limit_cache
-        buckets: list[BucketRequest] = []
-        cached: list[bool] = []
-        cached_left: list[float] = []
-        for item in checked:
-            for bucket in item.buckets:
-                left = cache.lookup(bucket.key) if cache and bucket.hits > 0 else None
-                cached.append(left is not None)
-                cached_left.append(left or 0.0)
-        any_enforced_cached = any(
-            c and b.enforce
-            for c, b in zip(cached, (b for i in checked for b in i.buckets), strict=True)
+        # Seconds-to-reset of buckets the over-limit cache already knows (None: ask the store).
+        known: list[float | None] = [
+            cache.lookup(b.key) if cache is not None and b.hits > 0 else None for b in flat
+        ] if cache is not None else [None] * len(flat)
+        refused_locally = any(
+            left is not None and b.enforce for left, b in zip(known, flat, strict=True)
         )
-        flat = [b for item in checked for b in item.buckets]
-        for bucket, over in zip(flat, cached, strict=True):
-            if over:
+        to_store = []
+        for bucket, left in zip(flat, known, strict=True):
+            if left is not None:
                 continue
-            if any_enforced_cached and not bucket.always_charge:
+            if refused_locally and not bucket.always_charge:
                 # The request is refused already: look at the others without charging them.
-                bucket = BucketRequest(
-                    bucket.key,
-                    bucket.algorithm,
-                    bucket.limit,
-                    bucket.window_ms,
-                    bucket.burst,
-                    0,
-                    bucket.enforce,
-                    bucket.always_charge,
-                )
-            buckets.append(bucket)
+                bucket = dataclasses.replace(bucket, hits=0)
+            to_store.append(bucket)
         degraded: str | None = None
         results: list[BucketResult] | None = []
-        if buckets:
-            results, degraded = await self._backend_take(domain, buckets)
+        if to_store:
+            results, degraded = await self._backend_take(domain, to_store)
         if results is None:
             return degraded  # failure mode "allow": every descriptor is OK, no limit reported
         answered = iter(results)
@@ -339,24 +335,19 @@ class RateLimitService:
         for item in checked:
             per_limit: list[tuple[Limit, BucketResult, bool]] = []
             for limit, bucket in zip(item.match.rule.limits, item.buckets, strict=True):
-                from_cache = cached[position]
+                left = known[position]
                 position += 1
-                if from_cache:
+                if left is not None:
                     metrics.LOCAL_CACHE_HITS.inc()
-                    left_ms = math.ceil(cached_left[position - 1] * 1000)
+                    left_ms = math.ceil(left * 1000)
                     result = BucketResult(False, 0, left_ms, left_ms)
                 else:
                     result = next(answered)
-                    if (
-                        cache is not None
-                        and not result.allowed
-                        and bucket.enforce
-                        and bucket.hits > 0
-                        and degraded is None
-                    ):
+                    if (cache is not None and not result.allowed and bucket.enforce
+                            and bucket.hits > 0 and degraded is None):
                         over_ms = result.retry_ms if result.retry_ms > 0 else result.reset_ms
                         cache.add(bucket.key, over_ms / 1000, result.reset_ms / 1000)
-                per_limit.append((limit, result, from_cache))
+                per_limit.append((limit, result, left is not None))
             outcomes[item.index] = self._outcome(domain, item, per_limit)
         return degraded
 
@@ -408,24 +399,3 @@ class RateLimitService:
             reset_seconds=(result.reset_ms + 999) // 1000,
             quota_mode=rule.quota_mode,
         )
-
-    def _dynamic_metadata(
-        self, request: rls_pb2.RateLimitRequest, matches: list[tuple[Match | None, int]]
-    ) -> Struct:
-        merged: dict[str, object] = {}
-        for match, _ in matches:
-            for key, value in ((match.metadata or {}) if match else {}).items():
-                merged.setdefault(key, value)
-        document: dict[str, object] = {
-            "domain": request.domain,
-            "descriptors": [
-                {"entries": [f"{e.key}={e.value}" for e in d.entries]} for d in request.descriptors
-            ],
-        }
-        if request.hits_addend:
-            document["hitsAddend"] = request.hits_addend
-        if merged:
-            document["metadata"] = merged
-        struct = Struct()
-        struct.update(document)
-        return struct

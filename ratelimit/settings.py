@@ -31,12 +31,20 @@ class RedisSettings(_Strict):
     # Prepended to every key (and inside the hash tag) so several deployments can share a Redis.
     key_prefix: str = "sidegate:rl:"
     # Bounded so a slow Redis costs at most this per call (envoyproxy/ratelimit#462).
-    timeout_seconds: float = Field(default=0.1, gt=0)
-    connect_timeout_seconds: float = Field(default=0.25, gt=0)
+    timeout_seconds: float = Field(default=0.25, gt=0)
+    connect_timeout_seconds: float = Field(default=0.5, gt=0)
     max_connections: int = Field(default=64, ge=1)
     # After a failure Redis is not tried again for this long (calls use the failure mode),
     # then one call probes it.
     retry_interval_seconds: float = Field(default=1.0, ge=0)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_braces(cls, value: str) -> str:
+        # The domain is the key's hash tag; a brace in the prefix would become the tag instead.
+        if "{" in value or "}" in value:
+            raise ValueError("key_prefix must not contain '{' or '}' (the domain is the hash tag)")
+        return value
 
 
 class LocalCacheSettings(_Strict):

@@ -20,6 +20,7 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from extauthz.errors import AuthzConfigError
 from extauthz.identity import metrics
 from extauthz.identity.base import AuthnFailure, Identity, reject
 from extauthz.identity.breaker import CircuitBreaker
@@ -30,10 +31,11 @@ from extauthz.request_view import RequestView
 log = structlog.get_logger("sidegate.identity.introspection")
 
 METHOD = "introspection"
+MAX_RESPONSE_BYTES = 256 * 1024
 _INACTIVE = object()
 
 
-class IntrospectionConfigError(ValueError):
+class IntrospectionConfigError(AuthzConfigError, ValueError):
     """The source cannot start as configured (e.g. the client-secret variable is unset)."""
 
 
@@ -66,6 +68,18 @@ def _words(value: Any) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(str(v) for v in value if isinstance(v, str | int))
     return ()
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, refusing more than MAX_RESPONSE_BYTES: a confused server must not fill memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise IntrospectionOutage("bad_response", f"response over {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class IntrospectionVerifier:
@@ -209,8 +223,8 @@ class IntrospectionVerifier:
             async with self._session.post(
                 self.settings.endpoint, data=form, headers=self._headers
             ) as resp:
-                body = await resp.read()
                 status = resp.status
+                body = await _read_bounded(resp) if status == 200 else b""
         except TimeoutError:
             raise IntrospectionOutage(
                 "timeout", f"no answer within {self.settings.timeout}s"

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from extauthz.errors import AuthzConfigError
 from extauthz.identity import metrics
 from extauthz.identity.cache import SingleFlight, TTLCache
 from extauthz.identity.fetch import FetchError, JsonFetcher, check_url
@@ -42,8 +43,8 @@ class UnknownKid(Exception):
     """No key of this issuer has the token's kid (after any allowed refetch)."""
 
 
-class KeyError_(ValueError):
-    """A key in config or in a JWKS document is unusable."""
+class KeyConfigError(AuthzConfigError, ValueError):
+    """A key in config or in a JWKS document is unusable (the message names which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,28 +74,28 @@ class VerificationKey:
 def _check_public(key: Any, where: str) -> Any:
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
-            raise KeyError_(f"{where}: RSA key of {key.key_size} bits (< {MIN_RSA_BITS})")
+            raise KeyConfigError(f"{where}: RSA key of {key.key_size} bits (< {MIN_RSA_BITS})")
         return key
     if isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         return key
-    raise KeyError_(f"{where}: not a supported public key ({type(key).__name__})")
+    raise KeyConfigError(f"{where}: not a supported public key ({type(key).__name__})")
 
 
 def key_from_jwk(jwk: Any, where: str = "jwk") -> VerificationKey:
     """A public verification key from one JWK; private, symmetric and non-signing keys fail."""
     if not isinstance(jwk, dict):
-        raise KeyError_(f"{where}: not a JSON object")
+        raise KeyConfigError(f"{where}: not a JSON object")
     kty = jwk.get("kty")
     if "d" in jwk:
-        raise KeyError_(f"{where}: contains private key material")
+        raise KeyConfigError(f"{where}: contains private key material")
     if jwk.get("use", "sig") != "sig":
-        raise KeyError_(f"{where}: use is not sig")
+        raise KeyConfigError(f"{where}: use is not sig")
     kid = jwk.get("kid")
     if kid is not None and not isinstance(kid, str):
-        raise KeyError_(f"{where}: kid is not a string")
+        raise KeyConfigError(f"{where}: kid is not a string")
     alg = jwk.get("alg")
     if alg is not None and not isinstance(alg, str):
-        raise KeyError_(f"{where}: alg is not a string")
+        raise KeyConfigError(f"{where}: alg is not a string")
     parsers: dict[str, Callable[[Any], Any]] = {
         "RSA": RSAAlgorithm.from_jwk,
         "EC": ECAlgorithm.from_jwk,
@@ -103,11 +104,11 @@ def key_from_jwk(jwk: Any, where: str = "jwk") -> VerificationKey:
     parser = parsers.get(kty) if isinstance(kty, str) else None
     if parser is None:
         # "oct" included: a shared secret never comes from a JWKS document
-        raise KeyError_(f"{where}: unsupported kty {kty!r}")
+        raise KeyConfigError(f"{where}: unsupported kty {kty!r}")
     try:
         key = parser(jwk)
     except Exception as exc:
-        raise KeyError_(f"{where}: invalid {kty} key ({type(exc).__name__})") from exc
+        raise KeyConfigError(f"{where}: invalid {kty} key ({type(exc).__name__})") from exc
     return VerificationKey(kid=kid, key=_check_public(key, where), alg=alg)
 
 
@@ -115,18 +116,26 @@ def key_from_pem(pem: bytes, kid: str | None, where: str = "pem") -> Verificatio
     try:
         key = load_pem_public_key(pem)
     except Exception as exc:
-        raise KeyError_(f"{where}: not a PEM public key ({type(exc).__name__})") from exc
+        raise KeyConfigError(f"{where}: not a PEM public key ({type(exc).__name__})") from exc
     return VerificationKey(kid=kid, key=_check_public(key, where))
 
 
 def static_key(spec: StaticKey, where: str) -> VerificationKey:
+    try:
+        return _static_key(spec, where)
+    except OSError as exc:
+        problem = f"cannot read key file {exc.filename} ({exc.strerror})"
+        raise KeyConfigError(f"{where}: {problem}") from exc
+
+
+def _static_key(spec: StaticKey, where: str) -> VerificationKey:
     if spec.secret is not None or spec.secret_file is not None:
         secret = (
             spec.secret.encode() if spec.secret is not None
             else spec.secret_file.read_bytes().strip()  # type: ignore[union-attr]
         )  # fmt: skip
         if len(secret) < MIN_HMAC_SECRET_BYTES:
-            raise KeyError_(f"{where}: HMAC secret shorter than {MIN_HMAC_SECRET_BYTES} bytes")
+            raise KeyConfigError(f"{where}: HMAC secret shorter than {MIN_HMAC_SECRET_BYTES} bytes")
         return VerificationKey(kid=spec.kid, key=secret)
     if spec.jwk is not None:
         key = key_from_jwk(spec.jwk, where)
@@ -278,7 +287,8 @@ class RemoteKeySet:
         self._last_attempt = self._clock()
         try:
             keys = await self._download()
-        except (FetchError, KeyError_) as exc:
+        except Exception as exc:
+            # whatever went wrong, the last good keys keep serving; the error is logged
             self._last_failed = True
             metrics.JWKS_FETCHES.labels("error", trigger).inc()
             if self._loaded:
@@ -287,7 +297,7 @@ class RemoteKeySet:
                 "jwks_fetch_failed",
                 issuer=self.issuer,
                 trigger=trigger,
-                error=str(exc),
+                error=str(exc) if isinstance(exc, FetchError | KeyConfigError) else repr(exc),
                 serving_stale=self._loaded,
                 keys=len(self._keys),
             )
@@ -339,7 +349,7 @@ class RemoteKeySet:
         for i, jwk in enumerate(raw):
             try:
                 key = key_from_jwk(jwk, f"{url} keys[{i}]")
-            except KeyError_ as exc:
+            except KeyConfigError as exc:
                 # one odd key (an encryption key, a new kty) must not discard the others
                 log.info("jwks_key_skipped", issuer=self.issuer, reason=str(exc))
                 continue

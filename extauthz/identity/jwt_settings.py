@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from extauthz.identity.fetch import check_url
 from extauthz.identity.source import SourceSettings, _Strict, resolve_path
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -50,6 +51,8 @@ class StaticKey(_Strict):
             raise ValueError("set exactly one of pem, pem_file, jwk, secret, secret_file")
         if self.jwk is not None and (self.jwk.get("kty") == "oct" or "d" in self.jwk):
             raise ValueError("jwk must be a public key (HMAC secrets go in secret/secret_file)")
+        if self.secret is not None and len(self.secret.encode()) < MIN_HMAC_SECRET_BYTES:
+            raise ValueError(f"HMAC secret shorter than {MIN_HMAC_SECRET_BYTES} bytes")
         return self
 
     @property
@@ -111,6 +114,9 @@ class IssuerSettings(_Strict):
             raise ValueError(
                 f"issuer {self.issuer!r}: set exactly one of discovery, jwks_uri, keys"
             )
+        for url in (self.jwks_uri, self.issuer if self.discovery else None):
+            if url is not None:
+                check_url(url)
         hmac = set(self.algorithms) & HMAC_ALGORITHMS
         asym = set(self.algorithms) & ASYMMETRIC_ALGORITHMS
         secrets = [k for k in self.keys if k.is_secret]

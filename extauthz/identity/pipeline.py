@@ -142,6 +142,20 @@ class IdentityPipeline:
         for _, verifier in self.sources:
             await verifier.close()
 
+    def reload(self) -> bool:
+        """SIGHUP: each verifier re-reads its files; one that fails keeps its old state."""
+        ok = True
+        for source, verifier in self.sources:
+            reload = getattr(verifier, "reload", None)
+            if reload is None:
+                continue
+            try:
+                ok = bool(reload()) and ok
+            except Exception:
+                log.exception("identity_reload_failed", source=source.name)
+                ok = False
+        return ok
+
     async def authenticate(self, view: RequestView) -> Identity:
         for source, verifier in self.sources:
             if not route_matches(source.routes, view):

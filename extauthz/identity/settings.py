@@ -7,6 +7,7 @@ in its own module, add it to ``IdentitySource`` below, and register its verifier
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
@@ -20,6 +21,9 @@ IdentitySource = Annotated[
     JwtSourceSettings | ApiKeySourceSettings | IntrospectionSourceSettings,
     Field(discriminator="type"),
 ]
+
+# RFC 9110 token characters; pseudo-headers (":path") and Host are not ext_authz's to set
+_HEADER_NAME = re.compile(r"^[a-z0-9!#$%&'*+.^_`|~-]+$")
 
 # Identity fields an upstream header can carry (see ``IdentitySettings.upstream_headers``).
 IDENTITY_FIELDS = ("subject", "consumer", "tier", "roles", "scopes", "method", "source")
@@ -48,7 +52,7 @@ class IdentitySettings(_Strict):
                     f"(one of {', '.join(IDENTITY_FIELDS)} or claim:<name>)"
                 )
             name = header.lower()
-            if name.startswith(":") or name == "host":
+            if not _HEADER_NAME.match(name) or name == "host":
                 raise ValueError(f"upstream header {header!r} cannot be set by ext_authz")
             out[name] = fld
         return out

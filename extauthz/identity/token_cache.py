@@ -41,5 +41,8 @@ class VerifiedTokenCache:
         ttl = min(self.max_ttl_seconds, expires_at - self._clock())
         self._entries.set(key, identity, ttl)
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)

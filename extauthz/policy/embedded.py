@@ -22,8 +22,9 @@ import regopy
 import structlog
 
 from extauthz.errors import AuthzConfigError
-from extauthz.policy import metrics
+from extauthz.policy import metrics, rego_native
 from extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
+from extauthz.policy.input_paths import PathTree, referenced_paths
 from extauthz.policy.sources import (
     PolicySourceError,
     PolicySources,
@@ -132,6 +133,11 @@ class CompiledPolicies:
     entrypoints: frozenset[str]
     sources: PolicySources
     compiled_at: float
+    # Entrypoints the bundle cannot evaluate (a rego-cpp bundle compiler bug, see
+    # rego_native): they are evaluated by the interpreter. Grows if found at run time.
+    interpreted: set[str]
+    # The input paths the policy modules can read (None: not bounded), see input_paths.
+    input_paths: PathTree | None = None
 
 
 def compile_policies(
@@ -166,34 +172,41 @@ def compile_policies(
         raise PolicyCompileError(format_rego_error(exc, sources.policy_modules)) from exc
     if not bundle.ok():
         raise PolicyCompileError(f"{sources.directory}: policies do not compile")
-    return CompiledPolicies(interpreter, bundle, frozenset(points), sources, time.time())
+    interpreted = _probe(interpreter, bundle, points)
+    modules = sources.policy_modules
+    input_paths, unbounded = referenced_paths(
+        [m.text for m in modules], [str(m.path) for m in modules]
+    )
+    if input_paths is None:
+        log.info("policy_input_not_pruned", directory=str(sources.directory), reason=unbounded)
+    return CompiledPolicies(
+        interpreter, bundle, frozenset(points), sources, time.time(), interpreted, input_paths
+    )
 
 
-def decode_output(output: regopy.Output) -> Any:
-    """The first expression's value, UNDEFINED, or PolicyError.
-
-    Never call ``output.expressions()``: on an undefined output regopy 1.5.2 aborts the process.
-    """
-    text = str(output)
-    if not output.ok():
-        raise PolicyError(f"evaluation failed: {text.strip()[:500]}")
-    if text == "undefined":
-        return UNDEFINED
-    try:
-        expressions = json.loads(text).get("expressions") or []
-    except ValueError as exc:
-        raise PolicyError("evaluation returned unreadable output") from exc
-    if len(expressions) != 1:
-        raise PolicyError(f"multiple evaluation results ({len(expressions)})")
-    return expressions[0]
+def _probe(interpreter: regopy.Interpreter, bundle: regopy.Bundle, points: list[str]) -> set[str]:
+    """Entrypoints whose compiled plan fails rego-cpp's bundle verifier (any input does)."""
+    broken = set()
+    rego_native.set_input_json(interpreter, "{}")
+    for point in points:
+        try:
+            rego_native.query_entrypoint(interpreter, bundle, point)
+        except rego_native.BrokenEntrypoint:
+            broken.add(point)
+        except PolicyError:
+            pass  # an evaluation error on an empty input says nothing about the plan
+    if broken:
+        log.warning("policy_entrypoints_interpreted", entrypoints=sorted(broken))
+    return broken
 
 
 class EmbeddedEngine:
     """Evaluates decision paths against the compiled bundle; reloads atomically.
 
-    regopy holds the GIL while it evaluates, so the lock costs nothing and keeps another
-    thread from swapping the interpreter's input mid-query. A reload compiles a new
-    interpreter aside and swaps one reference: in-flight evaluations finish on the old one.
+    An interpreter holds one input at a time and regopy's ctypes calls release the GIL, so the
+    lock serialises set-input + query per interpreter (threads of a thread-pool server would
+    otherwise swap each other's input mid-query). A reload compiles a new interpreter aside
+    and swaps one reference: in-flight evaluations finish on the old one.
     """
 
     def __init__(
@@ -246,6 +259,12 @@ class EmbeddedEngine:
     def entrypoints(self) -> frozenset[str]:
         return self._compiled.entrypoints if self._compiled else frozenset()
 
+    @property
+    def input_needs(self) -> PathTree | None:
+        """The input paths the loaded policies can read; None: all of it (nothing loaded, or
+        a use of ``input`` the analysis cannot bound). Follows every reload."""
+        return self._compiled.input_paths if self._compiled else None
+
     async def start(self) -> None:
         if self._compiled is None:
             self.load()
@@ -275,7 +294,8 @@ class EmbeddedEngine:
                 continue
             if current != seen:
                 seen = current
-                self.reload()
+                # Compiling happens off the event loop; the swap itself is one assignment.
+                await asyncio.to_thread(self.reload)
 
     def evaluate_json(self, path: str, input_json: str) -> EvalResult:
         """Evaluate with an input already serialised (the fast path, no dict round trip)."""
@@ -286,16 +306,23 @@ class EmbeddedEngine:
         started = time.perf_counter()
         if entrypoint not in compiled.entrypoints:
             return EvalResult(UNDEFINED, 0.0)
+        interpreter = compiled.interpreter
         with self._lock:
             try:
-                compiled.interpreter.set_input_term(input_json)
-                output = compiled.interpreter.query_bundle_entrypoint(compiled.bundle, entrypoint)
+                rego_native.set_input_json(interpreter, input_json)
+                if entrypoint in compiled.interpreted:
+                    value = rego_native.query_rule(interpreter, entrypoint)
+                else:
+                    try:
+                        value = rego_native.query_entrypoint(
+                            interpreter, compiled.bundle, entrypoint
+                        )
+                    except rego_native.BrokenEntrypoint:
+                        compiled.interpreted.add(entrypoint)
+                        log.warning("policy_entrypoints_interpreted", entrypoints=[entrypoint])
+                        value = rego_native.query_rule(interpreter, entrypoint)
             except regopy.RegoError as exc:
                 raise PolicyError(f"evaluation failed: {format_rego_error(exc)}") from exc
-            except ValueError as exc:
-                # regopy parses the engine's output itself and fails on some error outputs.
-                raise PolicyError("evaluation failed: unreadable engine output") from exc
-            value = decode_output(output)
         return EvalResult(value, time.perf_counter() - started)
 
     async def evaluate(self, path: str, input_doc: dict[str, Any]) -> EvalResult:

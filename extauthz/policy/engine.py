@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from extauthz.policy.input_paths import PathTree
 
 
 class _Undefined:
@@ -53,3 +56,8 @@ class PolicyEngine(Protocol):
 
     @property
     def ready(self) -> bool: ...
+
+    @property
+    def input_needs(self) -> PathTree | None:
+        """The input paths the engine's policies can read (see input_paths); None: all."""
+        ...

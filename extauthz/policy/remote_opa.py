@@ -52,6 +52,11 @@ class RemoteOpaEngine:
         """Nothing local to reload: OPA owns its bundles."""
         return True
 
+    @property
+    def input_needs(self) -> None:
+        """Always the whole input: OPA may hold policies sidegate never sees."""
+        return None
+
     def _url(self, path: str) -> str:
         return f"{self.base_url}/v1/data/{path.strip('/')}"
 

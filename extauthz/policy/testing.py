@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
-import regopy
-
+from extauthz.policy import rego_native
 from extauthz.policy.embedded import PolicyCompileError, new_interpreter
 from extauthz.policy.engine import UNDEFINED, PolicyError
 from extauthz.policy.sources import PolicySourceError, read_sources
@@ -80,7 +79,7 @@ def _worker(directory: Path, file: str, rule: str, commands: TextIO, results: IO
             continue
         started = time.perf_counter()
         try:
-            value = _bound_value(interpreter, ref)
+            value = rego_native.query_ref(interpreter, ref)
             outcome = "PASS" if value is True else "FAIL"
             detail = "" if value is True else f"got {_show(value)}"
         except PolicyError as exc:
@@ -93,18 +92,6 @@ def _worker(directory: Path, file: str, rule: str, commands: TextIO, results: IO
         }
         results.write(f"{_FRAME}{json.dumps(message)}\n")
         results.flush()
-
-
-def _bound_value(interpreter: regopy.Interpreter, ref: str) -> object:
-    """The value of ``ref``, bound to a variable: regopy reports a bare ``false`` rule as
-    undefined, a binding keeps it. Never calls ``output.expressions()`` (aborts on undefined)."""
-    output = interpreter.query(f"x := {ref}")
-    text = str(output)
-    if not output.ok():
-        raise PolicyError(f"evaluation failed: {text.strip()[:300]}")
-    if text == "undefined":
-        return UNDEFINED
-    return json.loads(text).get("bindings", {}).get("x", UNDEFINED)
 
 
 def _show(value: object) -> str:

@@ -5,7 +5,7 @@
 # - everything else is allowed.
 #
 # Routes pick a richer policy through Envoy's context_extensions (`policy: rbac/allow`, ...);
-# see policies/README.md.
+# see docs/policy.md.
 package envoy.authz
 
 import rego.v1

@@ -27,7 +27,8 @@ class Outcome:
 
 def interval_us(window_ms: int, requests_per_unit: int) -> int:
     # Integer microseconds in Python and Lua alike; the rounding error is below 1 µs per token.
-    return (window_ms * 1000) // requests_per_unit if requests_per_unit else 0
+    # At least 1 µs: a bucket refills at most a million tokens a second (and never divides by 0).
+    return max((window_ms * 1000) // requests_per_unit, 1) if requests_per_unit else 0
 
 
 def take(

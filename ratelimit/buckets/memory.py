@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -46,6 +47,12 @@ class MemoryBackend:
         expired = [key for key, (_, expires) in self._state.items() if expires <= now]
         for key in expired:
             del self._state[key]
+        # Still full of live buckets: forget the oldest tenth (they restart full), so memory
+        # stays bounded whatever the request values.
+        excess = len(self._state) - self.max_keys + max(self.max_keys // 10, 1)
+        if excess > 0:
+            for key in list(itertools.islice(self._state, excess)):
+                del self._state[key]
 
     async def take(self, buckets: Sequence[BucketRequest]) -> list[BucketResult]:
         return self.take_now(buckets)

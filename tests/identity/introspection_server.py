@@ -20,7 +20,7 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Reque
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
-Mode = Literal["ok", "error500", "timeout", "not_json", "no_active"]
+Mode = Literal["ok", "error500", "timeout", "not_json", "no_active", "huge"]
 
 CLIENT_ID = "sidegate"
 CLIENT_SECRET = "introspection-client-s3cret"  # a test fixture value, not a real secret
@@ -206,6 +206,8 @@ class IntrospectionServer:
             await asyncio.sleep(self.timeout_sleep)
         if self.mode == "not_json":
             return web.Response(status=200, text="<html>login</html>", content_type="text/html")
+        if self.mode == "huge":
+            return web.json_response({"active": True, "sub": "u", "pad": "x" * 300_000})
         if self.mode == "no_active":
             return web.json_response({"sub": "user-1"})
         oauth_request = _FormRequest("POST", str(request.url), request.headers, form)

@@ -107,9 +107,16 @@ def test_new_keys_are_random_and_prefixed() -> None:
     assert all(k.startswith("sg_") and len(k) > 40 for k in keys)
 
 
-def test_record_rejects_a_cleartext_key_as_digest() -> None:
+def test_record_rejects_a_cleartext_key_as_digest(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="64 lower-case hex"):
         ApiKeyRecord(digest="sg_not-a-digest", consumer="acme")
+    # pasted into the file by mistake, the key must not reach the error (which is logged)
+    path = tmp_path / "keys.yaml"
+    path.write_text("keys:\n  - digest: sg_cleartext-key-pasted-here\n    consumer: acme\n")
+    with pytest.raises(KeyStoreError) as caught:
+        parse_key_file(path)
+    assert "keys[0]: digest" in str(caught.value)
+    assert "sg_cleartext-key-pasted-here" not in str(caught.value)
 
 
 # --- verifier -----------------------------------------------------------------------------------

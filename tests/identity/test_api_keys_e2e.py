@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +118,43 @@ def test_redis_store_shared_by_two_sidegate_processes(tmp_path: Path, redis_url:
     finally:
         first.stop()
         second.stop()
+
+
+def test_serving_process_reloads_the_key_file_and_keeps_keys_on_a_bad_one(
+    tmp_path: Path,
+) -> None:
+    from extauthz.identity.api_keys.digest import KeyDigester
+    from extauthz.identity.api_keys.file_store import write_key_file
+    from extauthz.identity.api_keys.record import ApiKeyRecord
+
+    def records(*keys: str) -> list[ApiKeyRecord]:
+        return [ApiKeyRecord(digest=KeyDigester().digest(k), consumer=k[-4:]) for k in keys]
+
+    first, second = "sg_reload_first_key_0001", "sg_reload_second_key_0002"
+    path = tmp_path / "keys.yaml"
+    write_key_file(path, records(first))
+    proc = SidegateProcess(
+        tmp_path, _config({"type": "file", "path": str(path), "reload_interval": 0.1})
+    )
+    proc.start()
+    try:
+        assert _check(proc.grpc_port, first) == code_pb2.OK
+        assert _check(proc.grpc_port, second) == code_pb2.UNAUTHENTICATED
+        write_key_file(path, records(second))
+        for _ in range(100):  # bounded wait for the watcher (0.1 s interval)
+            if _check(proc.grpc_port, second) == code_pb2.OK:
+                break
+            time.sleep(0.05)
+        assert _check(proc.grpc_port, second) == code_pb2.OK
+        assert _check(proc.grpc_port, first) == code_pb2.UNAUTHENTICATED
+
+        path.write_text("keys: [ {digest: oops")
+        for _ in range(100):
+            if "api key file rejected" in proc.output():
+                break
+            time.sleep(0.05)
+        assert "api key file rejected" in proc.output()
+        assert _check(proc.grpc_port, second) == code_pb2.OK
+        assert first not in proc.output() and second not in proc.output()
+    finally:
+        proc.stop()

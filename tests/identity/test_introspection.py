@@ -244,6 +244,7 @@ async def test_audience_list_matching_any_is_accepted(
         ("timeout", "timeout"),
         ("not_json", "not_json"),
         ("no_active", "bad_response"),
+        ("huge", "bad_response"),
     ],
 )
 async def test_server_failures_are_outages_and_never_cached(

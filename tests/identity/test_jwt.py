@@ -13,6 +13,8 @@ import structlog
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
+from extauthz.errors import AuthzConfigError
+from extauthz.factory import build_authenticator
 from extauthz.identity.jwt import JwtVerifier
 from extauthz.identity.jwt_settings import JwtSourceSettings
 from extauthz.service import AuthzService
@@ -416,10 +418,27 @@ def test_unsafe_issuer_configs_rejected(issuer: dict[str, Any]) -> None:
 def test_weak_secret_and_plain_http_rejected() -> None:
     weak = identity_config({"issuer": "i", "algorithms": ["HS256"], "keys": [{"secret": "short"}]})
     with pytest.raises(ValueError, match="shorter than 32 bytes"):
-        JwtVerifier(authz_settings(weak).identity.sources[0])
+        authz_settings(weak)
     remote = identity_config({"issuer": "http://idp.example.com", "discovery": True})
     with pytest.raises(ValueError, match="https"):
-        JwtVerifier(authz_settings(remote).identity.sources[0])
+        authz_settings(remote)
+    jwks = identity_config({"issuer": "i", "jwks_uri": "http://10.0.0.1/keys"})
+    with pytest.raises(ValueError, match="https"):
+        authz_settings(jwks)
+
+
+def test_weak_secret_file_and_missing_key_file_name_the_key(tmp_path: Any) -> None:
+    (tmp_path / "weak").write_text("short\n")
+    weak = identity_config(
+        {"issuer": "i", "algorithms": ["HS256"], "keys": [{"secret_file": str(tmp_path / "weak")}]}
+    )
+    with pytest.raises(AuthzConfigError, match=r"issuer 'i' keys\[0\]: HMAC secret shorter"):
+        build_authenticator(authz_settings(weak))
+    missing = identity_config(
+        {"issuer": "i", "algorithms": ["ES256"], "keys": [{"pem_file": str(tmp_path / "nope")}]}
+    )
+    with pytest.raises(AuthzConfigError, match="cannot read key file"):
+        build_authenticator(authz_settings(missing))
 
 
 async def test_token_cache_skips_signature_and_expires_with_token(
@@ -428,16 +447,14 @@ async def test_token_cache_skips_signature_and_expires_with_token(
     clock = FakeClock()
     source = authz_settings(identity_config(discovery_issuer(idp))).identity.sources[0]
     verifier = JwtVerifier(source, clock=clock)
-    import jwt as pyjwt
-
     calls = []
-    real_decode = pyjwt.decode
+    real_check = verifier._check_signature
 
-    def counting_decode(*args: Any, **kwargs: Any) -> Any:
+    def counting_check(*args: Any) -> None:
         calls.append(1)
-        return real_decode(*args, **kwargs)
+        real_check(*args)
 
-    monkeypatch.setattr(pyjwt, "decode", counting_decode)
+    monkeypatch.setattr(verifier, "_check_signature", counting_check)
     now = int(clock.now)
     token = rsa_key.sign(idp.claims(iat=now, exp=now + 100))
     view = None
@@ -472,3 +489,68 @@ async def test_token_cache_off(idp: IdP, rsa_key: SigningKey) -> None:
         assert verifier.cache is None
     finally:
         await verifier.close()
+
+
+@pytest.mark.parametrize(
+    ("claims", "code"),
+    [
+        ({"aud": ["api", 7]}, "invalid_claim"),
+        ({"aud": {"x": "api"}}, "invalid_claim"),
+        ({"sub": 123}, "invalid_claim"),
+        ({"jti": ["a"]}, "invalid_claim"),
+        ({"sub": None, "azp": "client"}, "missing_claim"),
+        ({"exp": True}, "invalid_claim"),
+    ],
+)
+async def test_ill_typed_claims(
+    service: AuthzService, idp: IdP, rsa_key: SigningKey, claims: dict[str, Any], code: str
+) -> None:
+    assert await rejected_code(service, rsa_key.sign(idp.claims(**claims))) == code
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [b"\x00" * 64, b"\x00" * 63, b"", b"\x01" * 200],
+    ids=["r=s=0", "short", "empty", "long"],
+)
+async def test_ecdsa_psychic_and_malformed_signatures(idp: IdP, signature: bytes) -> None:
+    """CVE-2022-21449 class: an all-zero ECDSA signature must not verify."""
+    key = new_key("ES256")
+    idp.keys = [key]
+    svc = await start_service(identity_config(discovery_issuer(idp)))
+    try:
+        header_payload = key.sign(idp.claims()).rpartition(".")[0]
+        code = await rejected_code(svc, f"{header_payload}.{b64url(signature)}")
+        assert code == ("malformed" if not signature else "bad_signature")
+    finally:
+        await svc.close()
+
+
+async def test_reload_rereads_static_key_files(tmp_path: Any, idp: IdP) -> None:
+    old, new = new_key("ES256", "k"), new_key("ES256", "k")
+
+    def write(key: SigningKey) -> None:
+        pem = key.private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        (tmp_path / "k.pem").write_bytes(pem)
+
+    write(old)
+    issuer = {
+        "issuer": "https://static.example.com",
+        "algorithms": ["ES256"],
+        "keys": [{"kid": "k", "pem_file": str(tmp_path / "k.pem")}],
+    }
+    svc = await start_service(identity_config(issuer))
+    claims = idp.claims(iss="https://static.example.com", aud=None)
+    old_token, new_token = old.sign(claims), new.sign(claims)
+    try:
+        assert status_of(await check_token(svc, old_token)) == 200
+        write(new)
+        assert svc.reload() is True
+        # the cached verification of the withdrawn key's token is gone too
+        assert await rejected_code(svc, old_token) == "bad_signature"
+        assert status_of(await check_token(svc, new_token)) == 200
+        (tmp_path / "k.pem").write_text("not a key")
+        assert svc.reload() is False
+        assert status_of(await check_token(svc, new_token)) == 200
+    finally:
+        await svc.close()

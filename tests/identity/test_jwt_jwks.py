@@ -346,3 +346,17 @@ async def test_jwks_skips_unusable_keys(idp: IdP, rsa_key: SigningKey, clock: Fa
     finally:
         await v.close()
         await runner.cleanup()
+
+
+async def test_concurrent_first_requests_share_the_startup_fetch(
+    idp: IdP, rsa_key: SigningKey, clock: FakeClock
+) -> None:
+    v = JwtVerifier(source(idp), monotonic=clock)
+    await v.start()
+    try:
+        tokens = [rsa_key.sign(idp.claims(jti=str(i))) for i in range(20)]
+        identities = await asyncio.gather(*(verify(v, t) for t in tokens))
+        assert {i.subject for i in identities} == {"user-1"}
+        assert idp.hits == {"discovery": 1, "jwks": 1}
+    finally:
+        await v.close()

@@ -254,3 +254,29 @@ def test_bad_identity_settings(bad: dict[str, Any]) -> None:
 def test_duplicate_source_names_rejected(idp: IdP) -> None:
     with pytest.raises(ValueError, match="unique"):
         authz_settings({"sources": [jwt_source(idp), jwt_source(idp)]})
+
+
+async def test_verification_metrics(service: AuthzService, idp: IdP, rsa_key: SigningKey) -> None:
+    from prometheus_client import REGISTRY
+
+    def count(source: str, outcome: str, reason: str) -> float:
+        labels = {"source": source, "outcome": outcome, "reason": reason}
+        return REGISTRY.get_sample_value("sidegate_identity_verifications_total", labels) or 0.0
+
+    before = (
+        count("header", "ok", "ok"),
+        count("header", "rejected", "malformed"),
+        count("-", "missing", "no_credential"),
+        count("-", "anonymous", "no_credential"),
+    )
+    await check(service, headers={"authorization": f"Bearer {rsa_key.sign(idp.claims())}"})
+    await check(service, headers={"authorization": "Bearer garbage"})
+    await check(service)
+    await check(service, "/public/x")
+    after = (
+        count("header", "ok", "ok"),
+        count("header", "rejected", "malformed"),
+        count("-", "missing", "no_credential"),
+        count("-", "anonymous", "no_credential"),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]

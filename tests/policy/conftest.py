@@ -31,7 +31,9 @@ async def make_service(engine_kind: str) -> AsyncIterator[ServiceFactory]:
     engine is embedded, or remote against an OPA stand-in serving the same directory."""
     started: list[Any] = []
 
-    async def factory(directory: Path = CASES_DIR, **policy: Any) -> AuthzService:
+    async def factory(
+        directory: Path = CASES_DIR, authenticator: Any = None, **policy: Any
+    ) -> AuthzService:
         policy = {"directory": str(directory), "default_path": "cases/allow_true", **policy}
         if engine_kind == "remote":
             standin = OpaStandIn(directory)
@@ -41,7 +43,7 @@ async def make_service(engine_kind: str) -> AsyncIterator[ServiceFactory]:
             policy["engine"] = "remote"
             policy.setdefault("remote", {"url": str(server.make_url("")), "timeout": 5.0})
         settings = AuthzSettings.model_validate({"policy": policy})
-        service = AuthzService(settings, build_engine(settings.policy))
+        service = AuthzService(settings, build_engine(settings.policy), authenticator)
         await service.start()
         started.append(service)
         return service

@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from google.rpc import code_pb2
 from prometheus_client import REGISTRY
+from pydantic import ValidationError
 
 from extauthz.factory import build_engine
 from extauthz.policy.engine import UNDEFINED, PolicyError
@@ -142,3 +143,9 @@ async def test_evaluation_error_is_not_an_outage(standin):
         assert errors("evaluation") == before + 1
     finally:
         await service.close()
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8181", "ftp://opa", "http://opa/?x=1"])
+def test_remote_url_must_be_http(url):
+    with pytest.raises(ValidationError, match="url"):
+        AuthzSettings.model_validate({"policy": {"engine": "remote", "remote": {"url": url}}})

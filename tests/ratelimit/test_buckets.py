@@ -22,7 +22,7 @@ tiers:
     multi:
       limits:
         - {requests_per_unit: 3, unit: minute}
-        - {requests_per_unit: 5, unit: hour, algorithm: fixed_window}
+        - {requests_per_unit: 5, unit: year, algorithm: fixed_window}
     gold: {unlimited: true}
 descriptors:
   - key: a
@@ -96,7 +96,7 @@ async def test_multi_limit_all_or_nothing(make_service: ServiceFactory) -> None:
         answers.append((status.code, status.current_limit.requests_per_unit,
                         status.limit_remaining))
     assert answers == [(OK, 3, 2), (OK, 3, 1), (OK, 3, 0), (OVER, 3, 0)]
-    # The refusal charged neither limit: the hourly window still has 2 left.
+    # The refusal charged neither limit: the yearly window still has 2 left.
     peek = await service.should_rate_limit(request("t", descriptor(tier("multi"), hits=0)))
     assert peek.overall_code == OK
 
@@ -117,7 +117,7 @@ async def test_fixed_window_counts_rejected_by_default(make_service: ServiceFact
     """envoyproxy/ratelimit charges every fixed-window descriptor even when one is over."""
     service = await make_service(
         {"t.yaml": "domain: f\ndescriptors:\n  - {key: a, rate_limit: {requests_per_unit: 1, "
-                   "unit: hour}}\n  - {key: b, rate_limit: {requests_per_unit: 5, unit: hour}}\n"},
+                   "unit: year}}\n  - {key: b, rate_limit: {requests_per_unit: 5, unit: year}}\n"},
         default_algorithm="fixed_window",
     )
     both = request("f", [("a", "x")], [("b", "x")])
@@ -173,3 +173,69 @@ async def test_keys_share_one_hash_tag_and_hide_values(
         assert all(ttl > 0 for ttl in ttls)  # set in the same script as the values
     finally:
         await client.aclose()
+
+
+async def test_redis_refill_follows_the_rate_exactly(redis_url: str) -> None:
+    """Burst, then refill at exactly 10/s by Redis' own clock (read around each call, so the
+    check is arithmetic, not timing: a stalled machine widens the bounds, never breaks them)."""
+    backend = RedisBackend(aioredis.Redis.from_url(redis_url), "refill:", timeout=5.0)
+    client = backend.client
+    key = "{refill}:tb1000:x"
+    await client.delete("refill:" + key)
+
+    async def redis_us() -> int:
+        seconds, micros = await client.time()
+        return seconds * 1_000_000 + micros
+
+    def bucket(hits: int) -> list[BucketRequest]:
+        return [BucketRequest(key=key, algorithm="token_bucket", limit=10, window_ms=1000,
+                              burst=20, hits=hits)]
+
+    step, tau = 100_000, 2_000_000
+    try:
+        before = await redis_us()
+        (burst,) = await backend.take(bucket(20))
+        after = await redis_us()
+        assert (burst.allowed, burst.remaining) == (True, 0)
+        tat, stored_step = map(int, (await client.get("refill:" + key)).decode().split(":"))
+        assert stored_step == step
+        assert before + tau <= tat <= after + tau
+        # One more hit is refused until one interval has passed (by Redis' clock), and a
+        # refused take charges nothing.
+        early_at = await redis_us()
+        (early,) = await backend.take(bucket(1))
+        if early_at < tat - tau + step and not early.allowed:
+            assert int((await client.get("refill:" + key)).decode().split(":")[0]) == tat
+        if await redis_us() < tat - tau + step:
+            assert not early.allowed
+        if early.allowed:
+            tat += step
+
+        for _ in range(500):  # bounded: wait for 3 tokens by Redis' clock
+            if await redis_us() >= tat - tau + 3 * step:
+                break
+            await asyncio.sleep(0.02)
+        low_at = await redis_us()
+        (peek,) = await backend.take(bucket(0))
+        high_at = await redis_us()
+        low = (tau - (tat - low_at)) // step
+        high = (tau - (tat - high_at)) // step
+        assert 2 <= low <= peek.remaining <= high
+        # The peek charged nothing.
+        assert int((await client.get("refill:" + key)).decode().split(":")[0]) == tat
+    finally:
+        await backend.close()
+
+
+async def test_rate_above_a_million_per_second_is_capped_not_a_crash(
+    make_service: ServiceFactory,
+) -> None:
+    # The emission interval is whole microseconds; a faster rate once divided by zero.
+    huge = (
+        "domain: h\ndescriptors:\n  - key: k\n"
+        "    rate_limit: {requests_per_unit: 4000000000, unit: second}\n"
+    )
+    service = await make_service({"h.yaml": huge})
+    response = await service.should_rate_limit(request("h", [("k", "v")]))
+    assert response.overall_code == OK
+    assert response.statuses[0].limit_remaining > 0

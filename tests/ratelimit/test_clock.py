@@ -90,3 +90,18 @@ async def test_hits_addend_over_time(tmp_path: Path, clock: FakeClock) -> None:
     clock.advance(0.1)
     response = await service.should_rate_limit(request("c", descriptor([("tb", "x")], hits=6)))
     assert (response.overall_code, response.statuses[0].limit_remaining) == (OK, 0)
+
+
+async def test_memory_store_stays_bounded(clock: FakeClock) -> None:
+    from ratelimit.buckets.base import BucketRequest
+    from ratelimit.buckets.memory import MemoryBackend
+
+    backend = MemoryBackend(clock=clock, max_keys=100)
+    for i in range(1000):
+        await backend.take([BucketRequest(key=f"k{i}", algorithm="token_bucket", limit=1,
+                                          window_ms=3_600_000, burst=1, hits=1)])
+    assert len(backend) <= 100
+    # The newest bucket is still there and still exact.
+    (again,) = await backend.take([BucketRequest(key="k999", algorithm="token_bucket", limit=1,
+                                                 window_ms=3_600_000, burst=1, hits=1)])
+    assert not again.allowed

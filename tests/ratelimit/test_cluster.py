@@ -86,7 +86,7 @@ async def service(tmp_path: Path, cluster: list[RedisServer]) -> AsyncIterator[R
                      "  - {key: b, rate_limit: {requests_per_unit: 6, unit: hour}}\n"
                      "  - key: c\n    rate_limit:\n      limits:\n"
                      "        - {requests_per_unit: 5, unit: hour}\n"
-                     "        - {requests_per_unit: 8, unit: day, algorithm: fixed_window}\n"
+                     "        - {requests_per_unit: 8, unit: year, algorithm: fixed_window}\n"
         for d in DOMAINS
     }
     urls = ",".join(f"127.0.0.1:{n.port}" for n in cluster)

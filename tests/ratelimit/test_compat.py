@@ -13,58 +13,60 @@ from ratelimit.response import UINT32_MAX
 from ratelimit.service import RateLimitRequestError
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, codes, descriptor, request
 
+# Fixed windows are epoch-aligned and Redis keeps its own clock: year-long windows keep a
+# window boundary from falling inside a test.
 TREE = """
 domain: d
 descriptors:
   - key: k1
     value: exact
-    rate_limit: {unit: hour, requests_per_unit: 1, name: exact}
+    rate_limit: {unit: year, requests_per_unit: 1, name: exact}
   - key: k1
     value: "pre*"
-    rate_limit: {unit: hour, requests_per_unit: 2}
+    rate_limit: {unit: year, requests_per_unit: 2}
   - key: k1
     value: "*fix"
-    rate_limit: {unit: hour, requests_per_unit: 3}
+    rate_limit: {unit: year, requests_per_unit: 3}
   - key: k1
     value: "a*b*c"
     share_threshold: true
-    rate_limit: {unit: hour, requests_per_unit: 4}
+    rate_limit: {unit: year, requests_per_unit: 4}
   - key: k1
-    rate_limit: {unit: hour, requests_per_unit: 5}
+    rate_limit: {unit: year, requests_per_unit: 5}
   - key: parent
     value: p
     descriptors:
       - key: child
         value: c
-        rate_limit: {unit: hour, requests_per_unit: 6}
+        rate_limit: {unit: year, requests_per_unit: 6}
   - key: parent
     descriptors:
       - key: child
-        rate_limit: {unit: hour, requests_per_unit: 7}
+        rate_limit: {unit: year, requests_per_unit: 7}
   - key: shallow
-    rate_limit: {unit: hour, requests_per_unit: 8}
+    rate_limit: {unit: year, requests_per_unit: 8}
     descriptors:
       - key: deep
-        rate_limit: {unit: hour, requests_per_unit: 9}
+        rate_limit: {unit: year, requests_per_unit: 9}
   - key: whitelisted
     value: vip
   - key: whitelisted
-    rate_limit: {unit: hour, requests_per_unit: 10}
+    rate_limit: {unit: year, requests_per_unit: 10}
   - key: free
     rate_limit: {unlimited: true}
   - key: shadow
     shadow_mode: true
-    rate_limit: {unit: hour, requests_per_unit: 1}
+    rate_limit: {unit: year, requests_per_unit: 1}
   - key: old
-    rate_limit: {unit: hour, requests_per_unit: 1, name: old_rule}
+    rate_limit: {unit: year, requests_per_unit: 1, name: old_rule}
   - key: new
-    rate_limit: {unit: hour, requests_per_unit: 100, replaces: [{name: old_rule}]}
+    rate_limit: {unit: year, requests_per_unit: 100, replaces: [{name: old_rule}]}
   - key: q1
     quota_mode: true
-    rate_limit: {unit: hour, requests_per_unit: 1}
+    rate_limit: {unit: year, requests_per_unit: 1}
   - key: q2
     quota_mode: true
-    rate_limit: {unit: hour, requests_per_unit: 1}
+    rate_limit: {unit: year, requests_per_unit: 1}
 """
 
 
@@ -97,9 +99,9 @@ async def test_matching_precedence(service, entries, expected) -> None:  # type:
     response = await service.should_rate_limit(request("d", entries))
     assert response.overall_code == OK
     assert limit_of(response) == expected
-    assert response.statuses[0].current_limit.unit == UNIT_ENUM["hour"]
+    assert response.statuses[0].current_limit.unit == UNIT_ENUM["year"]
     assert response.statuses[0].limit_remaining == expected - 1
-    assert 0 < response.statuses[0].duration_until_reset.seconds <= 3600
+    assert 0 < response.statuses[0].duration_until_reset.seconds <= 365 * 86400
 
 
 @pytest.mark.parametrize(
@@ -212,14 +214,14 @@ async def test_hits_addend(service) -> None:  # type: ignore[no-untyped-def]
 
 
 async def test_limit_override(service) -> None:  # type: ignore[no-untyped-def]
-    override = descriptor([("nobody", "x"), ("deep", "y")], limit=(2, UNIT_ENUM["minute"]))
+    override = descriptor([("nobody", "x"), ("deep", "y")], limit=(2, UNIT_ENUM["year"]))
     answers = []
     for _ in range(3):
         response = await service.should_rate_limit(request("d", override))
         status = response.statuses[0]
         answers.append((status.code, status.limit_remaining, status.current_limit.unit))
-    minute = UNIT_ENUM["minute"]
-    assert answers == [(OK, 1, minute), (OK, 0, minute), (OVER, 0, minute)]
+    year = UNIT_ENUM["year"]
+    assert answers == [(OK, 1, year), (OK, 0, year), (OVER, 0, year)]
     # The domain must exist for an override to apply.
     unknown = await service.should_rate_limit(request("nope", override))
     assert (unknown.overall_code, unknown.statuses[0].HasField("current_limit")) == (OK, False)
@@ -258,7 +260,7 @@ async def test_response_headers(make_service: ServiceFactory) -> None:
     # The over-limit descriptor wins over the one with more left.
     assert headers["RateLimit-Limit"] == "1"
     assert headers["RateLimit-Remaining"] == "0"
-    assert 0 < int(headers["RateLimit-Reset"]) <= 3600
+    assert 0 < int(headers["RateLimit-Reset"]) <= 365 * 86400
 
 
 async def test_dynamic_metadata(make_service: ServiceFactory) -> None:

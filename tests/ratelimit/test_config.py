@@ -201,3 +201,19 @@ def test_tiers_errors(tmp_path: Path) -> None:
     assert "duplicate descriptor composite key 'd.tier_free'" in error_of(
         tmp_path, "domain: d\ndescriptors: [{key: tier, value: free}]\ntiers:\n  default: free\n"
                   "  quotas:\n    free: {unit: minute, requests_per_unit: 1}\n")
+
+
+def test_settings_resolve_paths_and_reject_bad_prefix(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    settings = RateLimitSettings.model_validate(
+        {"rules_dir": "rules", "failure_mode_by_domain": {"d": "local"}},
+        context={"base_dir": tmp_path},
+    )
+    assert settings.rules_dir == (tmp_path / "rules").resolve()
+    assert settings.failure_mode_for("d") == "local"
+    assert settings.failure_mode_for("other") == "error"
+    with pytest.raises(ValidationError, match="hash tag"):
+        RateLimitSettings.model_validate({"redis": {"key_prefix": "{x}:"}})
+    with pytest.raises(ValidationError):
+        RateLimitSettings.model_validate({"unknown": 1})

@@ -1,5 +1,6 @@
 """End to end through a real Envoy: per-tier quotas from sidegate's dynamic metadata, 429 with
-x-ratelimit-* headers (Envoy's DRAFT_VERSION_03), and a rule file reloaded without restart."""
+x-ratelimit-* headers (Envoy's DRAFT_VERSION_03), a rule file reloaded without restart, and a
+Redis outage answered by the domain's failure mode."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO_ROOT
+import pytest
+
+from tests.conftest import REPO_ROOT, RedisServer
 from tests.harness import Stack
 
 # The demo keys documented in examples/api-keys.yaml (published examples, not secrets).
@@ -47,9 +50,16 @@ def _wait_for_log(stack: Stack, event: str, count: int) -> None:
     raise AssertionError(f"no {event!r} log line after 20 s:\n{stack.sidegate.output()[-3000:]}")
 
 
-def test_tier_quotas_headers_and_reload(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_tier_quotas_headers_and_reload(
+    tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     rules = _rules(tmp_path)
-    with Stack.start(tmp_path, _config(rules)) as stack:
+    extra: dict[str, Any] = {"backend": backend}
+    if backend == "redis":
+        extra["redis"] = {"url": request.getfixturevalue("redis_url"),
+                          "key_prefix": f"e2e-{tmp_path.name}:", "timeout_seconds": 2.0}
+    with Stack.start(tmp_path, _config(rules, **extra)) as stack:
         free = [stack.request("GET", "/hello", {"x-api-key": FREE_KEY}) for _ in range(6)]
         assert [s for s, _, _ in free] == [200] * 5 + [429]
         headers = free[-1][1]
@@ -99,3 +109,29 @@ def test_tier_quotas_headers_and_reload(tmp_path: Path) -> None:
         calls = [r for r in stack.sidegate.logs() if r.get("event") == "should_rate_limit"]
         assert calls and all(FREE_KEY not in str(r) for r in calls)
         assert {"domain", "code", "descriptors", "duration_ms"} <= calls[0].keys()
+
+
+def test_redis_outage_through_envoy(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Redis stops mid-run: domain `sidegate` degrades to local buckets (quotas still hold),
+    and once Redis is back the shared counters answer again."""
+    rules = _rules(tmp_path)
+    config = _config(
+        rules,
+        backend="redis",
+        redis={"url": redis_server.url, "retry_interval_seconds": 0},
+        failure_mode="error",
+        failure_mode_by_domain={"sidegate": "local"},
+    )
+    with Stack.start(tmp_path, config) as stack:
+        assert stack.request("GET", "/limited", {"x-api-key": FREE_KEY})[0] == 200
+        redis_server.stop()
+        # In-process buckets with the same limits: 3 a minute, counted afresh.
+        during = [stack.request("GET", "/limited", {"x-api-key": FREE_KEY})[0] for _ in range(4)]
+        assert during == [200, 200, 200, 429]
+        redis_server.start()
+        # Back on the (restarted, empty) Redis: 3 more.
+        after = [stack.request("GET", "/limited", {"x-api-key": FREE_KEY})[0] for _ in range(4)]
+        assert after == [200, 200, 200, 429]
+        events = [r.get("event") for r in stack.sidegate.logs()]
+        assert "ratelimit_backend_down" in events and "ratelimit_backend_up" in events
+        assert stack.envoy.stats().get("cluster.upstream.ratelimit.error", 0) == 0

@@ -53,3 +53,19 @@ async def test_detailed_metric_is_bounded(tmp_path: Path, clock: FakeClock) -> N
     assert value("m.user_u2", "total_hits") >= 1
     assert value("m.user_u3", "total_hits") == 0  # over the cap: rolled up instead
     assert value("m.user", "total_hits") >= 2
+
+
+async def test_value_to_metric(tmp_path: Path, clock: FakeClock) -> None:
+    rules = {"v.yaml": """
+        domain: m
+        descriptors:
+          - key: route
+            value_to_metric: true
+            descriptors:
+              - key: user
+                rate_limit: {requests_per_unit: 10, unit: hour}
+    """}
+    service = memory_service(tmp_path, rules, clock)
+    await service.should_rate_limit(request("m", [("route", "/a"), ("user", "u1")]))
+    # The flagged level carries its value; the other does not.
+    assert value("m.route_/a.user", "total_hits") == 1

@@ -10,7 +10,7 @@ from ratelimit import metrics
 from ratelimit.reload import RuleWatcher
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, descriptor, request
 
-V1 = "domain: r\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 3, unit: hour}\n"
+V1 = "domain: r\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 3, unit: year}\n"
 V2 = V1.replace("3", "5")
 
 

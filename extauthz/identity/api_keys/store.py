@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from extauthz.errors import AuthzConfigError
+
 if TYPE_CHECKING:
     from extauthz.identity.api_keys.record import ApiKeyRecord
 
 
-class KeyStoreError(ValueError):
+class KeyStoreError(AuthzConfigError, ValueError):
     """A key store cannot be used as configured (bad file, missing pepper); names the problem."""
 
 

@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
-import structlog
-
 from extauthz.identity import metrics
 from extauthz.identity.api_keys.digest import KeyDigester, key_id
 from extauthz.identity.api_keys.store import KeyStore, KeyStoreUnavailable
@@ -15,8 +13,6 @@ from extauthz.identity.base import AuthnFailure, Identity, reject
 from extauthz.identity.credentials import locate
 from extauthz.identity.source import CredentialLocation
 from extauthz.request_view import RequestView, split_path
-
-log = structlog.get_logger("sidegate.identity.api_keys")
 
 METHOD = "api_key"
 SCHEME = "ApiKey"
@@ -78,7 +74,7 @@ class ApiKeyVerifier:
         service = view.context_extensions.get(self.service_extension)
         if service:
             return service
-        host = view.host
+        host = view.host.lower()
         if host.startswith("["):
             return host[: host.find("]") + 1] if "]" in host else host
         return host.rsplit(":", 1)[0] if host.count(":") == 1 else host

@@ -27,7 +27,7 @@ for i = 1, n do
     -- stored as "<tat>:<interval>"; a changed interval (reload) converts the debt to the
     -- new rate so the tokens already used survive
     local step = 0
-    if limit > 0 then step = math.floor(window_ms * 1000 / limit) end
+    if limit > 0 then step = math.max(math.floor(window_ms * 1000 / limit), 1) end
     local stored = redis.call('GET', KEYS[i])
     local base = now
     if stored then
