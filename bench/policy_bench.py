@@ -21,6 +21,17 @@ Cases (the shipped RBAC policy, ``rbac/decision``, or another shipped decision p
 - ``check, remote``: AuthzService.check with the remote engine;
 - ``remote, 16 in flight``: throughput of the remote engine with 16 concurrent decisions.
 
+The cases above run with the decision cache off (they measure regopy). The decision cache
+(``authz.policy.decision_cache``) is measured side by side, cache on vs off:
+
+- ``engine, pruned, cache hit``: the pruned input above, every decision after the first a hit;
+- ``engine, mix, cache on|off``: evaluate_json over a sequence of pruned inputs drawn from
+  50 paths x 5 identities (250 distinct inputs), the cache emptied before each timed run;
+- ``check, mix, cache on|off``: AuthzService.check over that sequence of CheckRequests (each
+  with its own request id and time, as in traffic), the cache emptied before each timed run.
+
+For the cache-on cases the hit rate of the timed decisions is reported.
+
 Rounds alternate the cases so machine noise hits them alike; per case the median of the
 rounds' decisions/s, p50 and p99 is reported. Timing belongs here, never in tests.
 """
@@ -29,8 +40,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
+import random
 import statistics
 import subprocess
 import sys
@@ -40,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from prometheus_client import REGISTRY
 
 from extauthz.identity.base import AnonymousAuthenticator, Identity
 from extauthz.input_document import build_input
@@ -57,11 +71,21 @@ Results = tuple[dict[str, dict[str, float]], dict[str, int]]
 VIEWER = Identity(
     method="jwt", subject="u-42", consumer="u-42", roles=("viewer",), scopes=("orders:read",)
 )
+# The decision-cache mix: 50 paths x 5 callers, picked by the x-bench-caller header.
+MIX_PATHS = [f"/orders/{i}" for i in range(30)] + [f"/admin/items/{i}" for i in range(20)]
+CALLERS = {
+    "viewer": VIEWER,
+    "editor": Identity(method="jwt", subject="u-7", consumer="u-7", roles=("editor",)),
+    "admin": Identity(method="jwt", subject="u-1", consumer="u-1", roles=("admin",)),
+    "reader": Identity(method="api_key", subject="k-1", consumer="acme", scopes=("orders:read",)),
+    "nobody": Identity(method="jwt", subject="u-9", consumer="u-9"),
+}
 
 
 class Viewer(AnonymousAuthenticator):
     async def authenticate(self, view: Any) -> Identity:
-        return VIEWER
+        caller = view.headers.get("x-bench-caller")
+        return CALLERS[caller] if caller else VIEWER
 
 
 def check_request(decision_path: str = DECISION_PATH) -> Any:
@@ -82,10 +106,37 @@ def check_request(decision_path: str = DECISION_PATH) -> Any:
     return request
 
 
+def mix_requests(count: int, decision_path: str) -> list[Any]:
+    """``count`` CheckRequests drawn (seeded) from MIX_PATHS x CALLERS, each with its own id."""
+    draw = random.Random(7)
+    requests = []
+    for index in range(count):
+        request = check_request(decision_path)
+        http = request.attributes.request.http
+        path = draw.choice(MIX_PATHS)
+        http.path = path
+        http.headers[":path"] = path
+        http.id = f"bench-{index}"
+        http.headers["x-request-id"] = http.id
+        http.headers["x-bench-caller"] = draw.choice(sorted(CALLERS))
+        requests.append(request)
+    return requests
+
+
 def input_document(request: Any, needs: PathTree | None = None) -> dict[str, Any]:
-    document = build_input(RequestView.from_check_request(request), None, needs)
-    document["identity"] = VIEWER.as_input()
+    view = RequestView.from_check_request(request)
+    document = build_input(view, None, needs)
+    caller = view.headers.get("x-bench-caller")
+    document["identity"] = (CALLERS[caller] if caller else VIEWER).as_input()
     return prune(document, needs)
+
+
+def cache_counts() -> tuple[float, float]:
+    def count(result: str) -> float:
+        labels = {"result": result}
+        return REGISTRY.get_sample_value("sidegate_policy_decision_cache_total", labels) or 0.0
+
+    return count("hit"), count("miss")
 
 
 async def measure(call: Callable[[], Awaitable[Any]], n: int) -> list[float]:
@@ -130,6 +181,7 @@ def start_standin(port: int) -> subprocess.Popen[bytes]:
 
 
 def service(engine: Any, *, prune_input: bool = True) -> AuthzService:
+    """The engine is passed in: the settings' decision_cache only applies through the factory."""
     settings = AuthzSettings.model_validate(
         {"policy": {"directory": str(POLICIES), "prune_input": prune_input}}
     )
@@ -145,8 +197,11 @@ async def run(
 ) -> Results:
     from tests.conftest import free_port
 
-    embedded = EmbeddedEngine(POLICIES)
+    embedded = EmbeddedEngine(POLICIES, cache_decisions=False)
     embedded.load()
+    cached = EmbeddedEngine(POLICIES, cache_decisions=True)
+    cached.load()
+    assert cached.decision_cache is not None
     request = check_request(decision_path)
     document = input_document(request)
     document_json = compact(document)
@@ -161,6 +216,18 @@ async def run(
     assert embedded.evaluate_json(decision_path, pruned_json).value == expected
     assert (await embedded_service.check(request)).status.code == 0
     assert (await unpruned_service.check(request)).status.code == 0
+    cached_service = service(cached)
+    mix = mix_requests(requests, decision_path)
+    mix_json = [compact(input_document(r, embedded.input_needs)) for r in mix]
+    for one, one_json in zip(mix[:300], mix_json, strict=False):
+        uncached_value = embedded.evaluate_json(decision_path, one_json).value
+        assert cached.evaluate_json(decision_path, one_json).value == uncached_value
+        assert cached.evaluate_json(decision_path, one_json).value == uncached_value
+        on, off = await cached_service.check(one), await embedded_service.check(one)
+        assert on.status.code == off.status.code
+        assert on.denied_response.status.code == off.denied_response.status.code
+    next_input = itertools.cycle(mix_json).__next__
+    next_request = itertools.cycle(mix).__next__
 
     async def engine_json() -> None:
         embedded.evaluate_json(decision_path, document_json)
@@ -173,6 +240,15 @@ async def run(
 
     async def engine_pruned_dict() -> None:
         await embedded.evaluate(decision_path, pruned)
+
+    async def cached_hit() -> None:
+        cached.evaluate_json(decision_path, pruned_json)
+
+    async def mix_on() -> None:
+        cached.evaluate_json(decision_path, next_input())
+
+    async def mix_off() -> None:
+        embedded.evaluate_json(decision_path, next_input())
 
     async def build_whole() -> None:
         input_document(request)
@@ -189,7 +265,15 @@ async def run(
         "check, embedded, unpruned": lambda: unpruned_service.check(request),
         "input build only, whole": build_whole,
         "input build only, pruned": build_pruned,
+        "engine, pruned, cache hit": cached_hit,
+        "engine, mix, cache off": mix_off,
+        "engine, mix, cache on": mix_on,
+        "check, mix, cache off": lambda: embedded_service.check(next_request()),
+        "check, mix, cache on": lambda: cached_service.check(next_request()),
     }
+    # Cases timed from an empty cache (the warm-up would otherwise fill it with all 250).
+    cold = {"engine, mix, cache on", "check, mix, cache on"}
+    hit_rates: dict[str, list[float]] = {name: [] for name in (*cold, "engine, pruned, cache hit")}
     sizes = {"input bytes": len(document_json), "pruned input bytes": len(pruned_json)}
     standin: subprocess.Popen[bytes] | None = None
     remote: RemoteOpaEngine | None = None
@@ -215,7 +299,13 @@ async def run(
         for _ in range(rounds):
             for name, call in cases.items():
                 await measure(call, min(200, requests))  # warm up
+                if name in cold and cached.decision_cache is not None:
+                    cached.decision_cache.clear()
+                counts = cache_counts()
                 samples = await measure(call, requests)
+                if name in hit_rates:
+                    hits, misses = (a - b for a, b in zip(cache_counts(), counts, strict=True))
+                    hit_rates[name].append(hits / max(1.0, hits + misses))
                 rows[name].append(
                     {
                         "per_s": len(samples) / sum(samples),
@@ -236,6 +326,9 @@ async def run(
         name: {key: statistics.median(r[key] for r in results) for key in results[0]}
         for name, results in rows.items()
     }
+    for name, rates in hit_rates.items():
+        medians[name]["hit_rate"] = statistics.median(rates)
+    sizes["distinct mix inputs"] = len(set(mix_json))
     return medians, sizes
 
 
@@ -261,11 +354,13 @@ def main() -> None:
     base = results["engine (input JSON ready)"]["per_s"]
     print(f"policy {args.path}, {args.requests} decisions x {args.rounds} rounds (medians)")
     print(", ".join(f"{name}: {size}" for name, size in sizes.items()))
-    print(f"{'case':28} {'decisions/s':>12} {'p50 us':>9} {'p99 us':>9} {'vs engine':>10}")
+    header = f"{'case':28} {'decisions/s':>12} {'p50 us':>9} {'p99 us':>9} {'vs engine':>10}"
+    print(f"{header} {'hit rate':>9}")
     for name, row in results.items():
         p50 = f"{row['p50_us']:9.0f}" if row["p50_us"] else f"{'-':>9}"
         p99 = f"{row['p99_us']:9.0f}" if row["p99_us"] else f"{'-':>9}"
-        print(f"{name:28} {row['per_s']:12.0f} {p50} {p99} {row['per_s'] / base:9.2f}x")
+        rate = f"{row['hit_rate']:9.1%}" if "hit_rate" in row else ""
+        print(f"{name:28} {row['per_s']:12.0f} {p50} {p99} {row['per_s'] / base:9.2f}x {rate}")
 
 
 if __name__ == "__main__":

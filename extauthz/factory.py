@@ -18,8 +18,15 @@ def build_engine(settings: PolicySettings) -> PolicyEngine:
             timeout=settings.remote.timeout,
             max_connections=settings.remote.max_connections,
         )
+    cache = settings.decision_cache
     return EmbeddedEngine(
-        settings.directory, settings.entrypoints, watch_interval=settings.watch_interval
+        settings.directory,
+        settings.entrypoints,
+        watch_interval=settings.watch_interval,
+        # Without pruning every input carries request ids and times: no key would repeat.
+        cache_decisions=cache.enabled and settings.prune_input,
+        cache_max_entries=cache.max_entries,
+        cache_ttl_s=cache.ttl_s,
     )
 
 

@@ -148,6 +148,7 @@ class AuthzService:
         try:
             result = await self._evaluate(path, view, document, needs)
             trace.eval_seconds = result.eval_seconds
+            trace.cached = result.cached
             metrics.POLICY_EVAL_SECONDS.observe(result.eval_seconds)
             decision = parse_decision(result.value)
         except (PolicyError, DecisionError) as exc:

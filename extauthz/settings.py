@@ -58,6 +58,16 @@ class DecisionLogSettings(_Strict):
     sensitive_query_params: list[str] = Field(default_factory=lambda: list(DEFAULT_SENSITIVE_QUERY))
 
 
+class DecisionCacheSettings(_Strict):
+    """Embedded engine: remember decisions per (bundle, path, pruned input digest); used only
+    when the policies are deterministic and the input is pruned (docs/policy.md)."""
+
+    enabled: bool = True
+    max_entries: int = Field(10_000, ge=1, le=10_000_000)
+    # Seconds a decision is reused; bounded so a cache never masks much of anything.
+    ttl_s: float = Field(5.0, gt=0, le=3600)
+
+
 class PolicySettings(_Strict):
     engine: Literal["embedded", "remote"] = "embedded"
     remote: RemoteOpaSettings = Field(default_factory=dict)  # type: ignore[arg-type]
@@ -80,6 +90,7 @@ class PolicySettings(_Strict):
     # Embedded engine: set only the input paths the policies reference (setting the input is
     # most of a decision's cost). Off: the whole document, for debugging.
     prune_input: bool = True
+    decision_cache: DecisionCacheSettings = Field(default_factory=dict)  # type: ignore[arg-type]
 
     _resolve_directory = field_validator("directory")(_resolve)
 

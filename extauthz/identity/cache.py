@@ -1,8 +1,7 @@
 """Reusable caching primitives for verifiers: a bounded TTL LRU and a single-flight helper.
 
-``TTLCache`` keeps at most ``max_entries`` values, each with its own lifetime; the least
-recently used entry goes first when full, an expired one is dropped when read. The clock is
-injectable (``time.monotonic`` by default) so tests control expiry without sleeping.
+``TTLCache`` (a bounded LRU with per-entry lifetimes, see extauthz/cache.py) is re-exported
+here for the identity modules that import it from this place.
 
 ``SingleFlight`` coalesces concurrent calls for the same key into one awaited call: the first
 caller runs the coroutine, the others await its result (or its exception).
@@ -14,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from extauthz.cache import Clock, TTLCache
+
+__all__ = ["Clock", "SingleFlight", "TTLCache", "credential_key"]
+
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-Clock = Callable[[], float]
 
 
 def credential_key(credential: str, *, namespace: str = "") -> str:
@@ -33,49 +32,6 @@ def credential_key(credential: str, *, namespace: str = "") -> str:
         digest.update(b"\x00")
     digest.update(credential.encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-class TTLCache(Generic[K, V]):
-    """A bounded LRU whose entries expire ``ttl`` seconds after they were stored."""
-
-    def __init__(self, max_entries: int, *, clock: Clock = time.monotonic) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be >= 1")
-        self.max_entries = max_entries
-        self._clock = clock
-        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: K) -> V | None:
-        """The live value for ``key`` (refreshing its LRU position), or None."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        expires_at, value = entry
-        if expires_at <= self._clock():
-            del self._entries[key]
-            return None
-        self._entries.move_to_end(key)
-        return value
-
-    def set(self, key: K, value: V, ttl: float) -> None:
-        """Store ``value`` for ``ttl`` seconds; a non-positive ttl stores nothing."""
-        if ttl <= 0:
-            self._entries.pop(key, None)
-            return
-        self._entries[key] = (self._clock() + ttl, value)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
-
-    def pop(self, key: K) -> V | None:
-        entry = self._entries.pop(key, None)
-        return None if entry is None else entry[1]
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 class SingleFlight(Generic[K, V]):

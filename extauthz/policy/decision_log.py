@@ -91,6 +91,7 @@ class PolicyTrace:
     dry_run: bool = False
     input_seconds: float = 0.0
     eval_seconds: float = 0.0
+    cached: bool = False  # the decision came from the embedded engine's decision cache
     input: dict[str, Any] | None = None
 
     def log_fields(self) -> dict[str, Any]:
@@ -101,6 +102,7 @@ class PolicyTrace:
             "policy_result": self.result,
             "input_ms": round(self.input_seconds * 1000, 3),
             "eval_ms": round(self.eval_seconds * 1000, 3),
+            "cached": self.cached,
         }
         if self.dry_run:
             fields["dry_run"] = True

@@ -9,6 +9,7 @@ rule with the value of another one, so such a path is never handed to it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import threading
@@ -21,8 +22,16 @@ from typing import Any
 import regopy
 import structlog
 
+from extauthz.cache import Clock
 from extauthz.errors import AuthzConfigError
 from extauthz.policy import metrics, rego_native
+from extauthz.policy.decision_cache import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_TTL_S,
+    DecisionCache,
+    cache_key,
+)
+from extauthz.policy.determinism import Finding, nondeterminism
 from extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
 from extauthz.policy.input_paths import PathTree, referenced_paths
 from extauthz.policy.sources import (
@@ -40,6 +49,13 @@ ENGINE_NAME = "embedded"
 _ERROR_HEAD = re.compile(r"\(error (\d+):")
 _LOCATION = re.compile(r"\|(\d+)\|(\d+)")
 _MESSAGE = re.compile(r"\(errormsg (\d+):")
+
+# Every compiled bundle gets the next number: decisions cached for one are never another's.
+_generations = itertools.count(1)
+
+_CACHE_HIT = metrics.DECISION_CACHE.labels("hit")
+_CACHE_MISS = metrics.DECISION_CACHE.labels("miss")
+_CACHE_BYPASS = metrics.DECISION_CACHE.labels("bypass")
 
 
 # rego-cpp 1.5.2 resolves ``object.get`` in package ``app.main`` to a sibling package
@@ -138,6 +154,9 @@ class CompiledPolicies:
     interpreted: set[str]
     # The input paths the policy modules can read (None: not bounded), see input_paths.
     input_paths: PathTree | None = None
+    generation: int = 0
+    # Why decisions of this bundle must not be cached (empty: they may be), see determinism.
+    cache_blockers: tuple[Finding, ...] = ()
 
 
 def compile_policies(
@@ -177,10 +196,21 @@ def compile_policies(
     input_paths, unbounded = referenced_paths(
         [m.text for m in modules], [str(m.path) for m in modules]
     )
+    blockers = nondeterminism([m.text for m in modules], [str(m.path) for m in modules])
     if input_paths is None:
         log.info("policy_input_not_pruned", directory=str(sources.directory), reason=unbounded)
+        # The whole input (request ids, times) makes every key unique: caching only costs.
+        blockers.insert(0, Finding(str(sources.directory), "", f"input not pruned: {unbounded}"))
     return CompiledPolicies(
-        interpreter, bundle, frozenset(points), sources, time.time(), interpreted, input_paths
+        interpreter,
+        bundle,
+        frozenset(points),
+        sources,
+        time.time(),
+        interpreted,
+        input_paths,
+        next(_generations),
+        tuple(blockers),
     )
 
 
@@ -207,6 +237,10 @@ class EmbeddedEngine:
     lock serialises set-input + query per interpreter (threads of a thread-pool server would
     otherwise swap each other's input mid-query). A reload compiles a new interpreter aside
     and swaps one reference: in-flight evaluations finish on the old one.
+
+    Decisions are cached (``cache_decisions``, see decision_cache) only for bundles whose
+    input is pruned and whose modules call nothing that could answer differently for the
+    same input; otherwise every evaluation is a bypass.
     """
 
     def __init__(
@@ -215,9 +249,16 @@ class EmbeddedEngine:
         entrypoints: Iterable[str] = (),
         *,
         watch_interval: float = 0.0,
+        cache_decisions: bool = True,
+        cache_max_entries: int = DEFAULT_MAX_ENTRIES,
+        cache_ttl_s: float = DEFAULT_TTL_S,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.directory = directory
         self._required = tuple(p.strip("/") for p in entrypoints)
+        self._cache = (
+            DecisionCache(cache_max_entries, cache_ttl_s, clock=clock) if cache_decisions else None
+        )
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._compiled: CompiledPolicies | None = None
@@ -232,6 +273,19 @@ class EmbeddedEngine:
         with self._lock:
             self._compiled = compiled
         metrics.BUNDLE_LOADED_AT.set(compiled.compiled_at)
+        if self._cache is not None:
+            # Older generations can never be hit again; free them now.
+            self._cache.clear()
+            if compiled.cache_blockers:
+                first = compiled.cache_blockers[0]
+                log.info(
+                    "policy_decision_cache_disabled",
+                    directory=str(self.directory),
+                    location=first.where,
+                    builtin=first.name,
+                    reason=first.why,
+                    findings=len(compiled.cache_blockers),
+                )
 
     def reload(self) -> bool:
         """Recompile (SIGHUP, file change). On failure log the error, keep the running bundle."""
@@ -258,6 +312,14 @@ class EmbeddedEngine:
     @property
     def entrypoints(self) -> frozenset[str]:
         return self._compiled.entrypoints if self._compiled else frozenset()
+
+    @property
+    def decision_cache(self) -> DecisionCache | None:
+        """The cache decisions of the loaded bundle go to; None: they are not cached."""
+        compiled = self._compiled
+        if compiled is None or compiled.cache_blockers:
+            return None
+        return self._cache
 
     @property
     def input_needs(self) -> PathTree | None:
@@ -306,6 +368,22 @@ class EmbeddedEngine:
         started = time.perf_counter()
         if entrypoint not in compiled.entrypoints:
             return EvalResult(UNDEFINED, 0.0)
+        cache = None if compiled.cache_blockers else self._cache
+        if cache is None:
+            _CACHE_BYPASS.inc()
+            value = self._query(compiled, entrypoint, input_json)
+            return EvalResult(value, time.perf_counter() - started)
+        key = cache_key(compiled.generation, entrypoint, input_json)
+        hit = cache.get(key)
+        if hit is not None:
+            _CACHE_HIT.inc()
+            return EvalResult(hit[0], time.perf_counter() - started, cached=True)
+        _CACHE_MISS.inc()
+        value = self._query(compiled, entrypoint, input_json)  # errors raise: never stored
+        cache.put(key, value)
+        return EvalResult(value, time.perf_counter() - started)
+
+    def _query(self, compiled: CompiledPolicies, entrypoint: str, input_json: str) -> Any:
         interpreter = compiled.interpreter
         with self._lock:
             try:
@@ -323,7 +401,7 @@ class EmbeddedEngine:
                         value = rego_native.query_rule(interpreter, entrypoint)
             except regopy.RegoError as exc:
                 raise PolicyError(f"evaluation failed: {format_rego_error(exc)}") from exc
-        return EvalResult(value, time.perf_counter() - started)
+        return value
 
     async def evaluate(self, path: str, input_doc: dict[str, Any]) -> EvalResult:
         return self.evaluate_json(path, json.dumps(input_doc, separators=(",", ":")))

@@ -43,6 +43,8 @@ class PolicyError(Exception):
 class EvalResult:
     value: Any
     eval_seconds: float
+    # Served from the embedded engine's decision cache (eval_seconds is then the lookup).
+    cached: bool = False
 
 
 class PolicyEngine(Protocol):

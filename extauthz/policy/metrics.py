@@ -22,3 +22,9 @@ DECISIONS = Counter(
     "Policy decisions by result (allow, deny) and whether dry-run turned a deny into an allow",
     ["result", "dry_run"],
 )
+DECISION_CACHE = Counter(
+    "sidegate_policy_decision_cache_total",
+    "Embedded decisions by decision cache result: hit, miss, or bypass (the cache is off or "
+    "the loaded policies may decide differently for the same input)",
+    ["result"],
+)

@@ -22,7 +22,8 @@ from extauthz.policy.engine import UNDEFINED, PolicyError
 
 class OpaStandIn:
     def __init__(self, directory: Path) -> None:
-        self.engine = EmbeddedEngine(directory)
+        # OPA keeps no decision cache: neither does its stand-in.
+        self.engine = EmbeddedEngine(directory, cache_decisions=False)
         self.engine.load()
         self.delay = 0.0
         self.fail_status: int | None = None
