@@ -97,8 +97,7 @@ class _AioServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        if self.server.add_insecure_port(cfg.grpc_address) == 0:
-            raise StartupError(f"cannot bind gRPC address {cfg.grpc_address}")
+        _bind(self.server, cfg.grpc_address)
 
     async def start(self) -> None:
         await self.server.start()
@@ -129,8 +128,7 @@ class _ThreadServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        if self.server.add_insecure_port(cfg.grpc_address) == 0:
-            raise StartupError(f"cannot bind gRPC address {cfg.grpc_address}")
+        _bind(self.server, cfg.grpc_address)
 
     async def start(self) -> None:
         self.server.start()
@@ -143,6 +141,16 @@ class _ThreadServing:
         event = self.server.stop(grace)
         await asyncio.get_running_loop().run_in_executor(None, event.wait)
         self.pool.shutdown(wait=False)
+
+
+def _bind(server: Any, address: str) -> None:
+    # grpcio returns 0 on some versions and raises RuntimeError on others when a port is taken.
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise StartupError(f"cannot bind gRPC address {address} (in use, or not a local address)")
 
 
 def _reflection(app: Sidegate, server: Any) -> None:
@@ -163,12 +171,17 @@ async def serve(config: SidegateConfig) -> None:
 
     await app.start_services()
     serving: _AioServing | _ThreadServing
-    serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
+    try:
+        serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
+    except StartupError:
+        await app.close_services()
+        raise
     await serving.start()
     try:
         admin = await start_admin(config.server.admin_address, lambda: app.ready)
     except OSError as exc:
         await serving.stop(0)
+        await app.close_services()
         address = config.server.admin_address
         raise StartupError(f"cannot bind admin address {address}: {exc}") from exc
     await serving.set_status(app._services, SERVING if app.ready else NOT_SERVING)

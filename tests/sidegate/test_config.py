@@ -140,3 +140,24 @@ def test_check_config_loads_rate_limit_rules(
     err = capsys.readouterr().err
     assert "a.yaml" in err
     assert "invalid rate limit unit 'fortnight'" in err
+
+
+def test_serve_reports_a_taken_port_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = write(
+            tmp_path,
+            f"server:\n  grpc_address: 127.0.0.1:{port}\n"
+            "authz: {enabled: false}\nratelimit: {enabled: false}\n",
+        )
+        assert main(["serve", "--config", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"sidegate: cannot bind gRPC address 127.0.0.1:{port} (in use, or not a local address)"
+    )
