@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from extauthz.policy.input_paths import Token, Unresolvable, tokenize
+from extauthz.policy.input_paths import Token, Unresolvable, closing_bracket, tokenize
 
 # Builtins whose result depends on more than their arguments, or that have side effects.
 IMPURE_BUILTINS = frozenset(
@@ -138,19 +138,6 @@ def _is_punct(tokens: list[Token], index: int, text: str) -> bool:
     return 0 <= index < len(tokens) and tokens[index].kind == "punct" and tokens[index].text == text
 
 
-def _closing(tokens: list[Token], opening: int) -> int:
-    depth = 0
-    for index in range(opening, len(tokens)):
-        token = tokens[index]
-        if token.kind == "punct" and token.text in "([{":
-            depth += 1
-        elif token.kind == "punct" and token.text in ")]}":
-            depth -= 1
-            if depth == 0:
-                return index
-    return len(tokens)
-
-
 def _starts_body(tokens: list[Token], index: int) -> bool:
     """Does the token at ``index`` follow a function head (``f(x) :=``, ``=``, ``if``, ``{``)?"""
     if index >= len(tokens):
@@ -185,7 +172,9 @@ def _heads(tokens: list[Token]) -> Iterable[tuple[int, list[str], int]]:
             depth -= 1
         elif token.kind == "ident" and depth == 0 and _line_start(tokens, index):
             names, after = _chain(tokens, index)
-            if _is_punct(tokens, after, "(") and _starts_body(tokens, _closing(tokens, after) + 1):
+            if not _is_punct(tokens, after, "("):
+                continue
+            if _starts_body(tokens, closing_bracket(tokens, after) + 1):
                 yield index, names, after
 
 

@@ -188,7 +188,7 @@ def _object_get_keys(tokens: list[Token], at: int) -> list[str] | None:
     return keys
 
 
-def _closing(tokens: list[Token], opening: int) -> int:
+def closing_bracket(tokens: list[Token], opening: int) -> int:
     """Index of the bracket that closes the one at ``opening`` (len(tokens) if none)."""
     depth = 0
     for index in range(opening, len(tokens)):
@@ -228,7 +228,7 @@ def _only_builtin_calls(tokens: list[Token], name: str) -> bool:
             and _is(tokens, index + 3, "punct", "(")
             and all(_adjacent(tokens, index + k) for k in (1, 2, 3))
         )
-        if not call or _defines_after(tokens, _closing(tokens, index + 3) + 1):
+        if not call or _defines_after(tokens, closing_bracket(tokens, index + 3) + 1):
             return False
     return True
 
