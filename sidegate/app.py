@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -169,7 +170,14 @@ async def serve(config: SidegateConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
 
-    await app.start_services()
+    try:
+        await app.start_services()
+    except Exception:
+        # A bad policy or rule file found while loading: release what did start (sessions,
+        # watchers), then let the CLI report the error.
+        with contextlib.suppress(Exception):
+            await app.close_services()
+        raise
     serving: _AioServing | _ThreadServing
     try:
         serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
