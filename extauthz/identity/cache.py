@@ -1,7 +1,6 @@
-"""Reusable caching primitives for verifiers: a bounded TTL LRU and a single-flight helper.
+"""Caching helpers for verifiers: single-flight calls and credential-safe cache keys.
 
-``TTLCache`` (a bounded LRU with per-entry lifetimes, see extauthz/cache.py) is re-exported
-here for the identity modules that import it from this place.
+The bounded TTL LRU they store results in is ``extauthz.cache.TTLCache``.
 
 ``SingleFlight`` coalesces concurrent calls for the same key into one awaited call: the first
 caller runs the coroutine, the others await its result (or its exception).
@@ -15,10 +14,6 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
-
-from extauthz.cache import Clock, TTLCache
-
-__all__ = ["Clock", "SingleFlight", "TTLCache", "credential_key"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")

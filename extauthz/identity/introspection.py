@@ -20,11 +20,12 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from extauthz.cache import TTLCache
 from extauthz.errors import AuthzConfigError
 from extauthz.identity import metrics
 from extauthz.identity.base import AuthnFailure, Identity, reject
 from extauthz.identity.breaker import CircuitBreaker
-from extauthz.identity.cache import SingleFlight, TTLCache, credential_key
+from extauthz.identity.cache import SingleFlight, credential_key
 from extauthz.identity.introspection_settings import IntrospectionSourceSettings
 from extauthz.request_view import RequestView
 

@@ -21,9 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from extauthz.cache import TTLCache
 from extauthz.errors import AuthzConfigError
 from extauthz.identity import metrics
-from extauthz.identity.cache import SingleFlight, TTLCache
+from extauthz.identity.cache import SingleFlight
 from extauthz.identity.fetch import FetchError, JsonFetcher, check_url
 from extauthz.identity.jwt_settings import MIN_HMAC_SECRET_BYTES, IssuerSettings, StaticKey
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from extauthz.cache import TTLCache
 from extauthz.identity import metrics
 from extauthz.identity.base import Identity
-from extauthz.identity.cache import TTLCache, credential_key
+from extauthz.identity.cache import credential_key
 
 
 class VerifiedTokenCache:

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from extauthz.identity.cache import SingleFlight, TTLCache, credential_key
+from extauthz.cache import TTLCache
+from extauthz.identity.cache import SingleFlight, credential_key
 from tests.identity.conftest import FakeClock
 
 

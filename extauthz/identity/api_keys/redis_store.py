@@ -17,9 +17,10 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from extauthz.cache import Clock, TTLCache
 from extauthz.identity.api_keys.record import ApiKeyRecord
 from extauthz.identity.api_keys.store import KeyStoreUnavailable
-from extauthz.identity.cache import Clock, SingleFlight, TTLCache
+from extauthz.identity.cache import SingleFlight
 
 log = structlog.get_logger("sidegate.identity.api_keys")
 
