@@ -299,29 +299,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         proc = stack.enter_context(_sidegate(workdir, cases))
         # an unrecorded pass first: the first calls of a fresh process (policy compile paths,
         # connection set-up, allocator growth) would otherwise land on whichever case is first
-        for case in cases:
-            asyncio.run(
+        def drive(case: IdentityCase, duration_s: float) -> tuple[int, float, list[float]]:
+            return asyncio.run(
                 _load(
                     proc.grpc_port,
                     _request(case),
-                    duration_s=args.warmup,
+                    duration_s=duration_s,
                     concurrency=args.concurrency,
                     channels=args.channels,
                 )
             )
+
+        for case in cases:
+            drive(case, args.warmup)
             if case.verify is not None:
                 case.verify(0)
         for round_index in range(1, args.runs + 1):
             for case in cases:
-                calls, seconds, lat = asyncio.run(
-                    _load(
-                        proc.grpc_port,
-                        _request(case),
-                        duration_s=args.duration,
-                        concurrency=args.concurrency,
-                        channels=args.channels,
-                    )
-                )
+                calls, seconds, lat = drive(case, args.duration)
                 if case.verify is not None:
                     case.verify(calls)
                 lat.sort()
