@@ -69,9 +69,9 @@ def anonymous_case(ctx: BenchContext) -> IdentityCase:
 
 
 def api_key_case(ctx: BenchContext) -> IdentityCase:
-    from extauthz.identity.api_keys.digest import KeyDigester, new_key
-    from extauthz.identity.api_keys.file_store import write_key_file
-    from extauthz.identity.api_keys.record import ApiKeyRecord
+    from sidegate.extauthz.identity.api_keys.digest import KeyDigester, new_key
+    from sidegate.extauthz.identity.api_keys.file_store import write_key_file
+    from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 
     key = new_key()
     digester = KeyDigester()
@@ -378,8 +378,8 @@ def render(summary: list[dict[str, Any]]) -> str:
 
 def jwt_verifier_table(runs: int, duration_s: float) -> str:
     """The JWT verifier alone, no gRPC, no policy: what the token cache saves per Check."""
-    from extauthz.identity.jwt import JwtVerifier
-    from extauthz.identity.jwt_settings import JwtSourceSettings
+    from sidegate.extauthz.identity.jwt import JwtVerifier
+    from sidegate.extauthz.identity.jwt_settings import JwtSourceSettings
 
     rates: dict[str, list[float]] = {"cache on": [], "cache off": []}
     with contextlib.ExitStack() as stack:

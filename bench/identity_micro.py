@@ -23,13 +23,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
-from extauthz.identity.api_keys.digest import KeyDigester, new_key
-from extauthz.identity.api_keys.file_store import FileKeyStore, write_key_file
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.redis_store import RedisKeyStore
-from extauthz.identity.api_keys.verifier import ApiKeyVerifier
-from extauthz.identity.introspection import IntrospectionVerifier
-from extauthz.identity.introspection_settings import IntrospectionSourceSettings
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester, new_key
+from sidegate.extauthz.identity.api_keys.file_store import FileKeyStore, write_key_file
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.redis_store import RedisKeyStore
+from sidegate.extauthz.identity.api_keys.verifier import ApiKeyVerifier
+from sidegate.extauthz.identity.introspection import IntrospectionVerifier
+from sidegate.extauthz.identity.introspection_settings import IntrospectionSourceSettings
 from tests.identity.introspection_server import CLIENT_ID, CLIENT_SECRET, IntrospectionServer
 from tests.identity.test_api_keys import make_view
 

@@ -55,14 +55,14 @@ from typing import Any
 import structlog
 from prometheus_client import REGISTRY
 
-from extauthz.identity.base import AnonymousAuthenticator, Identity
-from extauthz.input_document import build_input
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.policy.input_paths import PathTree, prune
-from extauthz.policy.remote_opa import RemoteOpaEngine
-from extauthz.request_view import RequestView
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.identity.base import AnonymousAuthenticator, Identity
+from sidegate.extauthz.input_document import build_input
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.policy.input_paths import PathTree, prune
+from sidegate.extauthz.policy.remote_opa import RemoteOpaEngine
+from sidegate.extauthz.request_view import RequestView
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POLICIES = REPO_ROOT / "policies"

@@ -41,9 +41,9 @@ from limits.aio.strategies import FixedWindowRateLimiter, SlidingWindowCounterRa
 
 from bench.procs import free_port
 from bench.stats import Spread, paired_ratios, spread, table
-from ratelimit.buckets.base import BucketRequest
-from ratelimit.service import RateLimitService
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit.buckets.base import BucketRequest
+from sidegate.ratelimit.service import RateLimitService
+from sidegate.ratelimit.settings import RateLimitSettings
 
 RULES = """
 domain: bench

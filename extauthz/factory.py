@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from extauthz.identity.base import AnonymousAuthenticator, Authenticator
-from extauthz.identity.pipeline import IdentityPipeline
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.policy.engine import PolicyEngine
-from extauthz.policy.remote_opa import RemoteOpaEngine
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings, PolicySettings
+from sidegate.extauthz.identity.base import AnonymousAuthenticator, Authenticator
+from sidegate.extauthz.identity.pipeline import IdentityPipeline
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.policy.engine import PolicyEngine
+from sidegate.extauthz.policy.remote_opa import RemoteOpaEngine
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings, PolicySettings
 
 
 def build_engine(settings: PolicySettings) -> PolicyEngine:

@@ -15,12 +15,12 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from extauthz.policy.input_paths import PathTree, prune
-from extauthz.request_body import BodyError, parse_body
-from extauthz.request_view import RequestView, split_path
+from sidegate.extauthz.policy.input_paths import PathTree, prune
+from sidegate.extauthz.request_body import BodyError, parse_body
+from sidegate.extauthz.request_view import RequestView, split_path
 
 if TYPE_CHECKING:
-    from extauthz.settings import BodySettings
+    from sidegate.extauthz.settings import BodySettings
 
 VERSION = {"ext_authz": "v3", "encoding": "protojson"}
 

@@ -14,11 +14,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from extauthz.identity.api_keys.digest import KeyDigester, key_id, new_key
-from extauthz.identity.api_keys.file_store import FileKeyStore
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.redis_store import DEFAULT_PREFIX, RedisKeyStore
-from extauthz.identity.api_keys.store import KeyStore, KeyStoreError, KeyStoreUnavailable
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester, key_id, new_key
+from sidegate.extauthz.identity.api_keys.file_store import FileKeyStore
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.redis_store import DEFAULT_PREFIX, RedisKeyStore
+from sidegate.extauthz.identity.api_keys.store import KeyStore, KeyStoreError, KeyStoreUnavailable
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}

@@ -16,8 +16,8 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue
 from google.rpc import code_pb2, status_pb2
 
-from extauthz.identity.base import UpstreamMutations
-from extauthz.policy.decision import Decision
+from sidegate.extauthz.identity.base import UpstreamMutations
+from sidegate.extauthz.policy.decision import Decision
 
 _OVERWRITE = BoolValue(value=False)
 _APPEND = BoolValue(value=True)

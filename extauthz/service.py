@@ -9,21 +9,26 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from google.rpc import code_pb2
 
-from extauthz import metrics
-from extauthz.identity.base import AnonymousAuthenticator, Authenticator, AuthnFailure, Identity
-from extauthz.input_document import InputError, build_input
-from extauthz.policy import metrics as policy_metrics
-from extauthz.policy.decision import Decision, DecisionError, parse_decision
-from extauthz.policy.decision_log import PolicyTrace, mask_input
-from extauthz.policy.engine import EvalResult, PolicyEngine, PolicyError
-from extauthz.policy.input_paths import PathTree, prune
-from extauthz.request_view import RequestView
-from extauthz.response import decision_response, denied_response
+from sidegate.extauthz import metrics
+from sidegate.extauthz.identity.base import (
+    AnonymousAuthenticator,
+    Authenticator,
+    AuthnFailure,
+    Identity,
+)
+from sidegate.extauthz.input_document import InputError, build_input
+from sidegate.extauthz.policy import metrics as policy_metrics
+from sidegate.extauthz.policy.decision import Decision, DecisionError, parse_decision
+from sidegate.extauthz.policy.decision_log import PolicyTrace, mask_input
+from sidegate.extauthz.policy.engine import EvalResult, PolicyEngine, PolicyError
+from sidegate.extauthz.policy.input_paths import PathTree, prune
+from sidegate.extauthz.request_view import RequestView
+from sidegate.extauthz.response import decision_response, denied_response
 
 if TYPE_CHECKING:
     from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-    from extauthz.settings import AuthzSettings
+    from sidegate.extauthz.settings import AuthzSettings
 
 log = structlog.get_logger("sidegate.authz")
 

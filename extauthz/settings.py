@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from extauthz.identity.settings import IdentitySettings
+from sidegate.extauthz.identity.settings import IdentitySettings
 
 
 class _Strict(BaseModel):

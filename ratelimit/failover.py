@@ -12,10 +12,10 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from ratelimit import metrics
-from ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
-from ratelimit.buckets.memory import MemoryBackend
-from ratelimit.settings import FailureMode
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
+from sidegate.ratelimit.buckets.memory import MemoryBackend
+from sidegate.ratelimit.settings import FailureMode
 
 log = structlog.get_logger("sidegate.ratelimit")
 

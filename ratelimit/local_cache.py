@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ratelimit import metrics
+from sidegate.ratelimit import metrics
 
 
 class OverLimitCache:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ratelimit.buckets.base import BucketRequest
-from ratelimit.config.model import Algorithm, DescriptorNode, Domain, Limit, Rule
-from ratelimit.config.units import ENUM_SECONDS
+from sidegate.ratelimit.buckets.base import BucketRequest
+from sidegate.ratelimit.config.model import Algorithm, DescriptorNode, Domain, Limit, Rule
+from sidegate.ratelimit.config.units import ENUM_SECONDS
 
 if TYPE_CHECKING:
     from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import RateLimitDescriptor

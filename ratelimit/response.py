@@ -10,7 +10,7 @@ from envoy.config.core.v3.base_pb2 import HeaderValue
 from envoy.service.ratelimit.v3 import rls_pb2
 from google.protobuf.struct_pb2 import Struct
 
-from ratelimit.config.model import Limit
+from sidegate.ratelimit.config.model import Limit
 
 Code = rls_pb2.RateLimitResponse.Code
 OK = rls_pb2.RateLimitResponse.OK

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ratelimit import metrics
+from sidegate.ratelimit import metrics
 
 KINDS = (
     "total_hits", "over_limit", "near_limit", "within_limit", "shadow_mode",

@@ -12,16 +12,16 @@ from typing import TYPE_CHECKING
 import structlog
 from envoy.service.ratelimit.v3 import rls_pb2
 
-from ratelimit import metrics
-from ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
-from ratelimit.buckets.memory import MemoryBackend
-from ratelimit.config.errors import RuleConfigError
-from ratelimit.config.loader import load_from_settings
-from ratelimit.config.model import Domain, Limit, RuleSet
-from ratelimit.failover import FailoverBackend
-from ratelimit.local_cache import OverLimitCache
-from ratelimit.matching import Match, find_rule, override_match
-from ratelimit.response import (
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
+from sidegate.ratelimit.buckets.memory import MemoryBackend
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.loader import load_from_settings
+from sidegate.ratelimit.config.model import Domain, Limit, RuleSet
+from sidegate.ratelimit.failover import FailoverBackend
+from sidegate.ratelimit.local_cache import OverLimitCache
+from sidegate.ratelimit.matching import Match, find_rule, override_match
+from sidegate.ratelimit.response import (
     OK,
     OVER_LIMIT,
     DescriptorOutcome,
@@ -30,11 +30,11 @@ from ratelimit.response import (
     overall_code,
     unlimited_outcome,
 )
-from ratelimit.rule_stats import RuleStats
+from sidegate.ratelimit.rule_stats import RuleStats
 
 if TYPE_CHECKING:
-    from ratelimit.reload import RuleWatcher
-    from ratelimit.settings import RateLimitSettings
+    from sidegate.ratelimit.reload import RuleWatcher
+    from sidegate.ratelimit.settings import RateLimitSettings
 
 log = structlog.get_logger("sidegate.ratelimit")
 
@@ -97,7 +97,7 @@ class RateLimitService:
         metrics.CONFIG_LOADS.labels("success").inc()
         backend: Backend | FailoverBackend
         if settings.backend == "redis":
-            from ratelimit.buckets.redis import RedisBackend
+            from sidegate.ratelimit.buckets.redis import RedisBackend
 
             backend = FailoverBackend(
                 RedisBackend.from_settings(settings.redis),
@@ -124,7 +124,7 @@ class RateLimitService:
     async def start(self) -> None:
         await self.backend.start()
         if self.settings.reload.watch:
-            from ratelimit.reload import RuleWatcher
+            from sidegate.ratelimit.reload import RuleWatcher
 
             self._watcher = RuleWatcher(
                 self.settings.rules_dir, self.reload, self.settings.reload.interval_seconds

@@ -16,12 +16,12 @@ from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from extauthz.factory import build_authz_service
-from extauthz.service import AuthzService
-from ratelimit.service import RateLimitService
 from sidegate import grpc_services as gs
 from sidegate.admin import start_admin
+from sidegate.extauthz.factory import build_authz_service
+from sidegate.extauthz.service import AuthzService
 from sidegate.metrics import READY, RELOADS
+from sidegate.ratelimit.service import RateLimitService
 from sidegate.settings import SidegateConfig
 
 log = structlog.get_logger("sidegate.server")

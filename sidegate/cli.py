@@ -8,14 +8,14 @@ import importlib
 import sys
 from pathlib import Path
 
-from extauthz.errors import AuthzConfigError
-from ratelimit.config import RuleConfigError
 from sidegate import __version__
 from sidegate.config import ConfigError, load_config
+from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.logging_setup import configure_logging
+from sidegate.ratelimit.config import RuleConfigError
 
 # Tool groups owned by the service packages; each exposes add_subcommands(subparsers).
-_SUBCOMMAND_MODULES = ("extauthz.policy.cli_commands", "extauthz.keys_cli")
+_SUBCOMMAND_MODULES = ("sidegate.extauthz.policy.cli_commands", "sidegate.extauthz.keys_cli")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -40,8 +40,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from extauthz.factory import validate as validate_authz
-    from ratelimit.config import validate as validate_ratelimit
+    from sidegate.extauthz.factory import validate as validate_authz
+    from sidegate.ratelimit.config import validate as validate_ratelimit
 
     try:
         config = load_config(args.config)

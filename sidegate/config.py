@@ -8,10 +8,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from sidegate.resources import shipped_examples, shipped_policies
 from sidegate.settings import SidegateConfig
-
-# The repository root: the embedded default finds policies/ and examples/ here.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 class ConfigError(Exception):
@@ -75,9 +73,13 @@ def parse_config(text: str, source: str, base_dir: Path) -> SidegateConfig:
 
 
 def load_config(path: Path | None) -> SidegateConfig:
-    """The config at ``path``, or the embedded default (this checkout's policies/, examples/)."""
+    """The config at ``path``, or the embedded default (the shipped policies and example rules)."""
     if path is None:
-        return SidegateConfig.model_validate({}, context={"base_dir": PROJECT_ROOT})
+        embedded = {
+            "authz": {"policy": {"directory": str(shipped_policies())}},
+            "ratelimit": {"rules_dir": str(shipped_examples() / "ratelimit")},
+        }
+        return SidegateConfig.model_validate(embedded, context={"base_dir": Path.cwd()})
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from extauthz.settings import AuthzSettings
-from ratelimit.settings import RateLimitSettings
+from sidegate.extauthz.settings import AuthzSettings
+from sidegate.ratelimit.settings import RateLimitSettings
 
 
 def _check_address(value: str) -> str:

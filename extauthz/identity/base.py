@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
-    from extauthz.request_view import RequestView
+    from sidegate.extauthz.request_view import RequestView
 
 DEFAULT_TIER = "default"
 ANONYMOUS = "anonymous"

@@ -14,7 +14,7 @@ from enum import IntEnum
 
 import structlog
 
-from extauthz.identity import metrics
+from sidegate.extauthz.identity import metrics
 
 log = structlog.get_logger("sidegate.identity.breaker")
 

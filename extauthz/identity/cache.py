@@ -1,6 +1,6 @@
 """Caching helpers for verifiers: single-flight calls and credential-safe cache keys.
 
-The bounded TTL LRU they store results in is ``extauthz.cache.TTLCache``.
+The bounded TTL LRU they store results in is ``sidegate.common.cache.TTLCache``.
 
 ``SingleFlight`` coalesces concurrent calls for the same key into one awaited call: the first
 caller runs the coroutine, the others await its result (or its exception).

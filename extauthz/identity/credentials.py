@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
-from extauthz.identity.source import CredentialLocation
-from extauthz.request_view import RequestView, split_path
+from sidegate.extauthz.identity.source import CredentialLocation
+from sidegate.extauthz.request_view import RequestView, split_path
 
 
 def locate(location: CredentialLocation, view: RequestView) -> str | None:

@@ -20,14 +20,14 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
-from extauthz.cache import TTLCache
-from extauthz.errors import AuthzConfigError
-from extauthz.identity import metrics
-from extauthz.identity.base import AuthnFailure, Identity, reject
-from extauthz.identity.breaker import CircuitBreaker
-from extauthz.identity.cache import SingleFlight, credential_key
-from extauthz.identity.introspection_settings import IntrospectionSourceSettings
-from extauthz.request_view import RequestView
+from sidegate.common.cache import TTLCache
+from sidegate.extauthz.errors import AuthzConfigError
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.base import AuthnFailure, Identity, reject
+from sidegate.extauthz.identity.breaker import CircuitBreaker
+from sidegate.extauthz.identity.cache import SingleFlight, credential_key
+from sidegate.extauthz.identity.introspection_settings import IntrospectionSourceSettings
+from sidegate.extauthz.request_view import RequestView
 
 log = structlog.get_logger("sidegate.identity.introspection")
 

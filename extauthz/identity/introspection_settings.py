@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from extauthz.identity.base import DEFAULT_TIER
-from extauthz.identity.source import SourceSettings, _Strict
+from sidegate.extauthz.identity.base import DEFAULT_TIER
+from sidegate.extauthz.identity.source import SourceSettings, _Strict
 
 
 class IntrospectionCacheSettings(_Strict):

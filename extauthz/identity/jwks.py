@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
-from extauthz.cache import TTLCache
-from extauthz.errors import AuthzConfigError
-from extauthz.identity import metrics
-from extauthz.identity.cache import SingleFlight
-from extauthz.identity.fetch import FetchError, JsonFetcher, check_url
-from extauthz.identity.jwt_settings import MIN_HMAC_SECRET_BYTES, IssuerSettings, StaticKey
+from sidegate.common.cache import TTLCache
+from sidegate.extauthz.errors import AuthzConfigError
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.cache import SingleFlight
+from sidegate.extauthz.identity.fetch import FetchError, JsonFetcher, check_url
+from sidegate.extauthz.identity.jwt_settings import MIN_HMAC_SECRET_BYTES, IssuerSettings, StaticKey
 
 log = structlog.get_logger("sidegate.identity")
 

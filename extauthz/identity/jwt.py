@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Any
 import jwt as pyjwt
 import structlog
 
-from extauthz.identity.base import AuthnFailure, Identity, reject
-from extauthz.identity.fetch import JsonFetcher
-from extauthz.identity.jwks import (
+from sidegate.extauthz.identity.base import AuthnFailure, Identity, reject
+from sidegate.extauthz.identity.fetch import JsonFetcher
+from sidegate.extauthz.identity.jwks import (
     KeyConfigError,
     KeySet,
     KeysUnavailable,
@@ -38,11 +38,11 @@ from extauthz.identity.jwks import (
     UnknownKid,
     VerificationKey,
 )
-from extauthz.identity.jwt_settings import ClaimMapping, IssuerSettings, JwtSourceSettings
-from extauthz.identity.token_cache import VerifiedTokenCache
+from sidegate.extauthz.identity.jwt_settings import ClaimMapping, IssuerSettings, JwtSourceSettings
+from sidegate.extauthz.identity.token_cache import VerifiedTokenCache
 
 if TYPE_CHECKING:
-    from extauthz.request_view import RequestView
+    from sidegate.extauthz.request_view import RequestView
 
 log = structlog.get_logger("sidegate.identity")
 

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from extauthz.identity.fetch import check_url
-from extauthz.identity.source import SourceSettings, _Strict, resolve_path
+from sidegate.extauthz.identity.fetch import check_url
+from sidegate.extauthz.identity.source import SourceSettings, _Strict, resolve_path
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(

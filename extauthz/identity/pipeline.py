@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from extauthz.identity import metrics
-from extauthz.identity.base import (
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.base import (
     ANONYMOUS_IDENTITY,
     AuthnFailure,
     Identity,
@@ -23,13 +23,13 @@ from extauthz.identity.base import (
     failure_code,
     reject,
 )
-from extauthz.identity.credentials import cookie_without, locate
-from extauthz.identity.registry import build_verifier
+from sidegate.extauthz.identity.credentials import cookie_without, locate
+from sidegate.extauthz.identity.registry import build_verifier
 
 if TYPE_CHECKING:
-    from extauthz.identity.settings import IdentitySettings
-    from extauthz.identity.source import RouteLimits, SourceSettings
-    from extauthz.request_view import RequestView
+    from sidegate.extauthz.identity.settings import IdentitySettings
+    from sidegate.extauthz.identity.source import RouteLimits, SourceSettings
+    from sidegate.extauthz.request_view import RequestView
 
 log = structlog.get_logger("sidegate.identity")
 

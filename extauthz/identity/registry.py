@@ -11,16 +11,16 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from extauthz.identity.base import Verifier
-from extauthz.identity.source import SourceSettings
+from sidegate.extauthz.identity.base import Verifier
+from sidegate.extauthz.identity.source import SourceSettings
 
 VerifierFactory = Callable[[Any], Verifier]
 
 # type -> "module:factory"; imported on first use so unused verifiers cost nothing
 _BUILTIN: dict[str, str] = {
-    "jwt": "extauthz.identity.jwt:JwtVerifier",
-    "api_key": "extauthz.identity.api_keys.factory:build_api_key_verifier",
-    "introspection": "extauthz.identity.introspection:IntrospectionVerifier",
+    "jwt": "sidegate.extauthz.identity.jwt:JwtVerifier",
+    "api_key": "sidegate.extauthz.identity.api_keys.factory:build_api_key_verifier",
+    "introspection": "sidegate.extauthz.identity.introspection:IntrospectionVerifier",
 }
 _FACTORIES: dict[str, VerifierFactory] = {}
 

@@ -2,7 +2,7 @@
 
 Adding a verifier type: define its ``SourceSettings`` subclass (with ``type: Literal["x"]``)
 in its own module, add it to ``IdentitySource`` below, and register its verifier factory in
-``extauthz.identity.registry``.
+``sidegate.extauthz.identity.registry``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from extauthz.identity.api_keys.settings import ApiKeySourceSettings
-from extauthz.identity.introspection_settings import IntrospectionSourceSettings
-from extauthz.identity.jwt_settings import JwtSourceSettings
-from extauthz.identity.source import RouteLimits, SourceSettings, _Strict
+from sidegate.extauthz.identity.api_keys.settings import ApiKeySourceSettings
+from sidegate.extauthz.identity.introspection_settings import IntrospectionSourceSettings
+from sidegate.extauthz.identity.jwt_settings import JwtSourceSettings
+from sidegate.extauthz.identity.source import RouteLimits, SourceSettings, _Strict
 
 IdentitySource = Annotated[
     JwtSourceSettings | ApiKeySourceSettings | IntrospectionSourceSettings,

@@ -1,7 +1,7 @@
 """Settings every identity source shares: where its credential is, and which routes it covers.
 
 Each verifier type (jwt, api_key, introspection) subclasses ``SourceSettings`` with a
-``type: Literal[...]`` field; ``extauthz.identity.settings`` joins them into one union
+``type: Literal[...]`` field; ``sidegate.extauthz.identity.settings`` joins them into one union
 discriminated on ``type``.
 """
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from extauthz.cache import TTLCache
-from extauthz.identity import metrics
-from extauthz.identity.base import Identity
-from extauthz.identity.cache import credential_key
+from sidegate.common.cache import TTLCache
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.base import Identity
+from sidegate.extauthz.identity.cache import credential_key
 
 
 class VerifiedTokenCache:

@@ -5,19 +5,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
-from extauthz.policy import testing
-from extauthz.policy.decision import DecisionError, parse_decision
-from extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
-from extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy import testing
+from sidegate.extauthz.policy.decision import DecisionError, parse_decision
+from sidegate.extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 
-DEFAULT_DIRECTORY = Path("policies")
+
+def _default_directory() -> Path:
+    # ./policies where there is one (a deployment made by `sidegate init`), else the shipped
+    # policies (package data), so the command works outside a checkout too.
+    local = Path("policies")
+    return local if local.is_dir() else Path(str(resources.files("sidegate.policies")))
+
+
 DEFAULT_PATH = "envoy/authz/allow"
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    return testing.report(args.directory, sys.stdout, timeout=args.timeout)
+    return testing.report(args.directory or _default_directory(), sys.stdout, timeout=args.timeout)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -26,7 +34,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
         return 2
-    engine = EmbeddedEngine(args.policies)
+    engine = EmbeddedEngine(args.policies or _default_directory())
     try:
         engine.load()
         result = engine.evaluate_json(args.path, json.dumps(input_doc))
@@ -56,7 +64,8 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "test", help="run the test_* rules of *_test.rego files (like opa test)"
     )
     test.add_argument(
-        "directory", type=Path, nargs="?", default=DEFAULT_DIRECTORY, help="policy directory"
+        "directory", type=Path, nargs="?", default=None,
+        help="policy directory (default: ./policies, else the shipped policies)"
     )
     test.add_argument(
         "--timeout", type=float, default=testing.DEFAULT_TIMEOUT, help="seconds per test rule"
@@ -67,6 +76,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     evaluate.add_argument("--input", required=True, help="input document (JSON file)")
     evaluate.add_argument("--path", default=DEFAULT_PATH, help="decision path")
     evaluate.add_argument(
-        "--policies", type=Path, default=DEFAULT_DIRECTORY, help="policy directory"
+        "--policies", type=Path, default=None,
+        help="policy directory (default: ./policies, else the shipped policies)"
     )
     evaluate.set_defaults(handler=_cmd_eval)

@@ -12,7 +12,7 @@ from typing import Any
 
 from envoy.type.v3.http_status_pb2 import StatusCode
 
-from extauthz.policy.engine import UNDEFINED
+from sidegate.extauthz.policy.engine import UNDEFINED
 
 
 class DecisionError(ValueError):

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from extauthz.cache import Clock, TTLCache
+from sidegate.common.cache import Clock, TTLCache
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_TTL_S = 5.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from extauthz.policy.input_paths import Token, Unresolvable, closing_bracket, tokenize
+from sidegate.extauthz.policy.input_paths import Token, Unresolvable, closing_bracket, tokenize
 
 # Builtins whose result depends on more than their arguments, or that have side effects.
 IMPURE_BUILTINS = frozenset(

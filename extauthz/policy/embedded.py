@@ -22,19 +22,19 @@ from typing import Any
 import regopy
 import structlog
 
-from extauthz.cache import Clock
-from extauthz.errors import AuthzConfigError
-from extauthz.policy import metrics, rego_native
-from extauthz.policy.decision_cache import (
+from sidegate.common.cache import Clock
+from sidegate.extauthz.errors import AuthzConfigError
+from sidegate.extauthz.policy import metrics, rego_native
+from sidegate.extauthz.policy.decision_cache import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_TTL_S,
     DecisionCache,
     cache_key,
 )
-from extauthz.policy.determinism import Finding, nondeterminism
-from extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
-from extauthz.policy.input_paths import PathTree, referenced_paths
-from extauthz.policy.sources import (
+from sidegate.extauthz.policy.determinism import Finding, nondeterminism
+from sidegate.extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
+from sidegate.extauthz.policy.input_paths import PathTree, referenced_paths
+from sidegate.extauthz.policy.sources import (
     PolicySourceError,
     PolicySources,
     RegoModule,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from extauthz.policy.input_paths import PathTree
+    from sidegate.extauthz.policy.input_paths import PathTree
 
 
 class _Undefined:

@@ -14,7 +14,7 @@ from typing import Any
 import regopy
 from regopy import rego_shared
 
-from extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 
 # rego-cpp's bundle compiler sometimes emits a plan that fails its own verifier for one
 # entrypoint (seen: "bundle verify: raw index 26 >= local_count 26"); the policy is valid and

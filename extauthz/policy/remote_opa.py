@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
+from sidegate.extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
 
 log = structlog.get_logger("sidegate.policy")
 

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
-from extauthz.policy import rego_native
-from extauthz.policy.embedded import PolicyCompileError, new_interpreter
-from extauthz.policy.engine import UNDEFINED, PolicyError
-from extauthz.policy.sources import PolicySourceError, read_sources
+from sidegate.extauthz.policy import rego_native
+from sidegate.extauthz.policy.embedded import PolicyCompileError, new_interpreter
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.sources import PolicySourceError, read_sources
 
 # Results are framed with this prefix: rego-cpp prints its own diagnostics to stdout.
 _FRAME = "\x1esidegate-test\x1f"
@@ -104,7 +104,9 @@ def _show(value: object) -> str:
 class _Worker:
     def __init__(self, directory: Path, file: str, rule: str = "") -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        command = [sys.executable, "-m", "extauthz.policy.testing", "--worker", str(directory)]
+        command = [
+            sys.executable, "-m", "sidegate.extauthz.policy.testing", "--worker", str(directory)
+        ]
         self.proc = subprocess.Popen(
             [*command, file, rule],
             stdin=subprocess.PIPE,

@@ -7,8 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ratelimit.algorithms import fixed_window, token_bucket
-from ratelimit.buckets.base import BucketRequest, BucketResult
+from sidegate.ratelimit.algorithms import fixed_window, token_bucket
+from sidegate.ratelimit.buckets.base import BucketRequest, BucketResult
 
 
 def wall_clock_us() -> int:

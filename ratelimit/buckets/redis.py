@@ -21,14 +21,14 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
-from ratelimit.buckets.base import BackendUnavailable, BucketRequest, BucketResult
-from ratelimit.settings import RedisSettings
+from sidegate.ratelimit.buckets.base import BackendUnavailable, BucketRequest, BucketResult
+from sidegate.ratelimit.settings import RedisSettings
 
 _ALGORITHM_CODES = {"token_bucket": "1", "fixed_window": "2"}
 
 
 def take_script() -> str:
-    return resources.files("ratelimit.buckets").joinpath("lua/take.lua").read_text("utf-8")
+    return resources.files("sidegate.ratelimit.buckets").joinpath("lua/take.lua").read_text("utf-8")
 
 
 def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:

@@ -1,8 +1,8 @@
 """Rule files: envoyproxy/ratelimit's YAML domain format plus sidegate's tiers and extensions."""
 
-from ratelimit.config.errors import RuleConfigError
-from ratelimit.config.loader import load_rules, validate
-from ratelimit.config.model import DescriptorNode, Domain, Limit, Rule, RuleSet
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.loader import load_rules, validate
+from sidegate.ratelimit.config.model import DescriptorNode, Domain, Limit, Rule, RuleSet
 
 __all__ = [
     "DescriptorNode",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.errors import RuleConfigError
 
 # envoyproxy/ratelimit's whitelist.
 UPSTREAM_KEYS = frozenset(

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ratelimit.config.errors import RuleConfigError
-from ratelimit.config.model import Algorithm, Limit, Rule
-from ratelimit.config.units import (
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.model import Algorithm, Limit, Rule
+from sidegate.ratelimit.config.units import (
     UNIT_ENUM,
     UNIT_SECONDS,
     parse_unit,

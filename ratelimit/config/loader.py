@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ratelimit.config.errors import RuleConfigError
-from ratelimit.config.keys import check_keys
-from ratelimit.config.limits import parse_rule
-from ratelimit.config.model import Algorithm, DescriptorNode, Domain, Level, RuleSet
-from ratelimit.config.tiers import compile_tiers
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.keys import check_keys
+from sidegate.ratelimit.config.limits import parse_rule
+from sidegate.ratelimit.config.model import Algorithm, DescriptorNode, Domain, Level, RuleSet
+from sidegate.ratelimit.config.tiers import compile_tiers
 
 if TYPE_CHECKING:
-    from ratelimit.settings import RateLimitSettings
+    from sidegate.ratelimit.settings import RateLimitSettings
 
 RULE_SUFFIXES = (".yaml", ".yml")
 

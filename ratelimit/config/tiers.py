@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ratelimit.config.errors import RuleConfigError
-from ratelimit.config.limits import parse_rule
-from ratelimit.config.model import Algorithm, DescriptorNode, Level
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.limits import parse_rule
+from sidegate.ratelimit.config.model import Algorithm, DescriptorNode, Level
 
 
 def _node(key: str, value: str, rule: Any, children: Level) -> DescriptorNode:

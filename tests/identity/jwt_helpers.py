@@ -11,11 +11,11 @@ from typing import Any
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
-from extauthz.factory import build_engine
-from extauthz.identity.base import Verifier
-from extauthz.identity.pipeline import IdentityPipeline
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.factory import build_engine
+from sidegate.extauthz.identity.base import Verifier
+from sidegate.extauthz.identity.pipeline import IdentityPipeline
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings
 from tests.conftest import REPO_ROOT
 
 

@@ -11,14 +11,18 @@ import pytest
 import structlog
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
-from extauthz.identity.api_keys.digest import KeyDigester, key_id, new_key
-from extauthz.identity.api_keys.file_store import FileKeyStore, parse_key_file, write_key_file
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.store import KeyStoreError, KeyStoreUnavailable
-from extauthz.identity.api_keys.verifier import ApiKeyVerifier
-from extauthz.identity.base import AuthnFailure, failure_code
-from extauthz.identity.source import CredentialLocation
-from extauthz.request_view import RequestView
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester, key_id, new_key
+from sidegate.extauthz.identity.api_keys.file_store import (
+    FileKeyStore,
+    parse_key_file,
+    write_key_file,
+)
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.store import KeyStoreError, KeyStoreUnavailable
+from sidegate.extauthz.identity.api_keys.verifier import ApiKeyVerifier
+from sidegate.extauthz.identity.base import AuthnFailure, failure_code
+from sidegate.extauthz.identity.source import CredentialLocation
+from sidegate.extauthz.request_view import RequestView
 
 NOW = 1_900_000_000.0
 

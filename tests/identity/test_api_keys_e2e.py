@@ -123,9 +123,9 @@ def test_redis_store_shared_by_two_sidegate_processes(tmp_path: Path, redis_url:
 def test_serving_process_reloads_the_key_file_and_keeps_keys_on_a_bad_one(
     tmp_path: Path,
 ) -> None:
-    from extauthz.identity.api_keys.digest import KeyDigester
-    from extauthz.identity.api_keys.file_store import write_key_file
-    from extauthz.identity.api_keys.record import ApiKeyRecord
+    from sidegate.extauthz.identity.api_keys.digest import KeyDigester
+    from sidegate.extauthz.identity.api_keys.file_store import write_key_file
+    from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 
     def records(*keys: str) -> list[ApiKeyRecord]:
         return [ApiKeyRecord(digest=KeyDigester().digest(k), consumer=k[-4:]) for k in keys]

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import yaml
 
-from extauthz.identity.api_keys.digest import KeyDigester
-from extauthz.identity.api_keys.file_store import parse_key_file, write_key_file
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.base import AuthnFailure, failure_code
-from extauthz.identity.pipeline import IdentityPipeline
-from extauthz.identity.settings import IdentitySettings
-from extauthz.keys_cli import parse_expiry
 from sidegate.cli import main as sidegate_main
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester
+from sidegate.extauthz.identity.api_keys.file_store import parse_key_file, write_key_file
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.base import AuthnFailure, failure_code
+from sidegate.extauthz.identity.pipeline import IdentityPipeline
+from sidegate.extauthz.identity.settings import IdentitySettings
+from sidegate.extauthz.keys_cli import parse_expiry
 from tests.conftest import REPO_ROOT
 from tests.identity.test_api_keys import make_view
 

@@ -9,12 +9,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from extauthz.identity.api_keys.digest import KeyDigester, new_key
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.redis_store import RedisKeyStore
-from extauthz.identity.api_keys.verifier import ApiKeyVerifier
-from extauthz.identity.base import AuthnFailure, failure_code
 from sidegate.cli import main as sidegate_main
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester, new_key
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.redis_store import RedisKeyStore
+from sidegate.extauthz.identity.api_keys.verifier import ApiKeyVerifier
+from sidegate.extauthz.identity.base import AuthnFailure, failure_code
 from tests.conftest import RedisServer
 from tests.identity.test_api_keys import make_view
 

@@ -11,14 +11,14 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
-from extauthz.identity.base import AuthnFailure, failure_code
-from extauthz.identity.breaker import BreakerState
-from extauthz.identity.introspection import (
+from sidegate.extauthz.identity.base import AuthnFailure, failure_code
+from sidegate.extauthz.identity.breaker import BreakerState
+from sidegate.extauthz.identity.introspection import (
     IntrospectionConfigError,
     IntrospectionVerifier,
     endpoint_label,
 )
-from extauthz.identity.introspection_settings import IntrospectionSourceSettings
+from sidegate.extauthz.identity.introspection_settings import IntrospectionSourceSettings
 from tests.identity.introspection_server import CLIENT_ID, CLIENT_SECRET, IntrospectionServer
 from tests.identity.test_api_keys import make_view
 
@@ -487,8 +487,8 @@ def test_endpoint_label_drops_userinfo_and_query() -> None:
 
 
 async def test_configured_through_the_identity_pipeline(server: IntrospectionServer) -> None:
-    from extauthz.identity.pipeline import IdentityPipeline
-    from extauthz.identity.settings import IdentitySettings
+    from sidegate.extauthz.identity.pipeline import IdentityPipeline
+    from sidegate.extauthz.identity.settings import IdentitySettings
 
     server.issue("tok-pipe", extra={"plan": "premium"})
     config = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from extauthz.identity.breaker import BreakerState, CircuitBreaker
+from sidegate.extauthz.identity.breaker import BreakerState, CircuitBreaker
 
 
 class Clock:

@@ -13,11 +13,11 @@ import structlog
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import ValidationError
 
-from extauthz.errors import AuthzConfigError
-from extauthz.factory import build_authenticator
-from extauthz.identity.jwt import JwtVerifier
-from extauthz.identity.jwt_settings import JwtSourceSettings
-from extauthz.service import AuthzService
+from sidegate.extauthz.errors import AuthzConfigError
+from sidegate.extauthz.factory import build_authenticator
+from sidegate.extauthz.identity.jwt import JwtVerifier
+from sidegate.extauthz.identity.jwt_settings import JwtSourceSettings
+from sidegate.extauthz.service import AuthzService
 from tests.identity.conftest import FakeClock, IdP, SigningKey, check_request, new_key
 from tests.identity.jwt_helpers import (
     authz_settings,

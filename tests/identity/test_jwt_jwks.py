@@ -13,11 +13,11 @@ import pytest
 import structlog
 from aiohttp import web
 
-from extauthz.identity import metrics
-from extauthz.identity.base import AuthnFailure
-from extauthz.identity.jwt import JwtVerifier
-from extauthz.identity.jwt_settings import JwtSourceSettings
-from extauthz.service import AuthzService
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.base import AuthnFailure
+from sidegate.extauthz.identity.jwt import JwtVerifier
+from sidegate.extauthz.identity.jwt_settings import JwtSourceSettings
+from sidegate.extauthz.service import AuthzService
 from tests.conftest import free_port
 from tests.identity.conftest import FakeClock, IdP, SigningKey, check_request, new_key
 from tests.identity.jwt_helpers import start_service, status_of

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from extauthz.factory import build_authenticator
-from extauthz.identity.base import AnonymousAuthenticator
-from extauthz.identity.pipeline import IdentityPipeline
-from extauthz.service import AuthzService
+from sidegate.extauthz.factory import build_authenticator
+from sidegate.extauthz.identity.base import AnonymousAuthenticator
+from sidegate.extauthz.identity.pipeline import IdentityPipeline
+from sidegate.extauthz.service import AuthzService
 from tests.identity.conftest import IdP, SigningKey, check_request
 from tests.identity.jwt_helpers import (
     authz_settings,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from extauthz.cache import TTLCache
-from extauthz.identity.cache import SingleFlight, credential_key
+from sidegate.common.cache import TTLCache
+from sidegate.extauthz.identity.cache import SingleFlight, credential_key
 from tests.identity.conftest import FakeClock
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
-from extauthz.factory import build_engine
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.factory import build_engine
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings
 from tests.policy.opa_standin import OpaStandIn
 
 CASES_DIR = Path(__file__).parent / "rego"

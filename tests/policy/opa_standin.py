@@ -16,8 +16,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 
 
 class OpaStandIn:

@@ -12,14 +12,14 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 from structlog.testing import capture_logs
 
-from extauthz.factory import build_engine
-from extauthz.policy.decision_cache import DecisionCache, cache_key
-from extauthz.policy.determinism import IMPURE_BUILTINS, nondeterminism
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.policy.engine import UNDEFINED, PolicyError
-from extauthz.request_view import RequestView
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.factory import build_engine
+from sidegate.extauthz.policy.decision_cache import DecisionCache, cache_key
+from sidegate.extauthz.policy.determinism import IMPURE_BUILTINS, nondeterminism
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.request_view import RequestView
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings
 from tests.policy.conftest import REPO_POLICIES
 from tests.policy.helpers import check_request, status_of
 from tests.policy.test_input_pruning import (

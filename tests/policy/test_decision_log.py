@@ -6,7 +6,7 @@ import json
 
 from structlog.testing import capture_logs
 
-from extauthz.policy.decision_log import mask_input
+from sidegate.extauthz.policy.decision_log import mask_input
 from tests.policy.helpers import check_request, metadata_of
 
 SECRET_TOKEN = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.c2lnbmF0dXJl"

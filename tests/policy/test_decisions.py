@@ -11,7 +11,7 @@ import json
 import pytest
 from google.rpc import code_pb2
 
-from extauthz.service import CheckError
+from sidegate.extauthz.service import CheckError
 from tests.policy.helpers import (
     check_request,
     echoed,

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError, compile_policies
-from extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError, compile_policies
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 
 ALLOW_ADMIN = """package app
 import rego.v1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from extauthz.input_document import InputError, build_input, parse_path
-from extauthz.request_body import BodyError, parse_body
-from extauthz.request_view import RequestView
-from extauthz.settings import BodySettings
+from sidegate.extauthz.input_document import InputError, build_input, parse_path
+from sidegate.extauthz.request_body import BodyError, parse_body
+from sidegate.extauthz.request_view import RequestView
+from sidegate.extauthz.settings import BodySettings
 from tests.policy.helpers import check_request
 
 

@@ -13,15 +13,15 @@ import jwt
 import pytest
 from structlog.testing import capture_logs
 
-from extauthz.identity.base import ANONYMOUS_IDENTITY, Identity
-from extauthz.input_document import build_input
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.policy.engine import UNDEFINED, PolicyError
-from extauthz.policy.input_paths import prune, referenced_paths, tokenize
-from extauthz.policy.remote_opa import RemoteOpaEngine
-from extauthz.request_view import RequestView
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings, BodySettings
+from sidegate.extauthz.identity.base import ANONYMOUS_IDENTITY, Identity
+from sidegate.extauthz.input_document import build_input
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.input_paths import prune, referenced_paths, tokenize
+from sidegate.extauthz.policy.remote_opa import RemoteOpaEngine
+from sidegate.extauthz.request_view import RequestView
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings, BodySettings
 from tests.policy.conftest import CASES_DIR, REPO_POLICIES
 from tests.policy.helpers import check_request, status_of
 from tests.policy.test_opa_docs_policy import CASES as DOCS_CASES

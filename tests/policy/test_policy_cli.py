@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from extauthz.policy import testing
+from sidegate.extauthz.policy import testing
 from tests.policy.conftest import REPO_POLICIES
 
 REPO_ROOT = REPO_POLICIES.parent

@@ -7,10 +7,10 @@ import asyncio
 import threading
 from collections import Counter
 
-from extauthz.factory import build_engine
-from extauthz.policy.embedded import EmbeddedEngine
-from extauthz.service import AuthzService
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.factory import build_engine
+from sidegate.extauthz.policy.embedded import EmbeddedEngine
+from sidegate.extauthz.service import AuthzService
+from sidegate.extauthz.settings import AuthzSettings
 from tests.policy.helpers import check_request, status_of
 from tests.policy.test_embedded_engine import bump_mtime
 

@@ -12,11 +12,11 @@ from google.rpc import code_pb2
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from extauthz.factory import build_engine
-from extauthz.policy.engine import UNDEFINED, PolicyError
-from extauthz.policy.remote_opa import RemoteOpaEngine
-from extauthz.service import AuthzService, CheckError
-from extauthz.settings import AuthzSettings
+from sidegate.extauthz.factory import build_engine
+from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.remote_opa import RemoteOpaEngine
+from sidegate.extauthz.service import AuthzService, CheckError
+from sidegate.extauthz.settings import AuthzSettings
 from tests.conftest import free_port
 from tests.policy.conftest import CASES_DIR
 from tests.policy.helpers import check_request, status_of

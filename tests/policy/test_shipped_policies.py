@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from extauthz.identity.base import AnonymousAuthenticator, Identity
+from sidegate.extauthz.identity.base import AnonymousAuthenticator, Identity
 from tests.policy.conftest import REPO_POLICIES
 from tests.policy.helpers import check_request, headers_of, status_of
 

@@ -12,10 +12,10 @@ import pytest
 from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 
-from ratelimit.buckets.memory import MemoryBackend
-from ratelimit.config.loader import load_from_settings
-from ratelimit.service import RateLimitService
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit.buckets.memory import MemoryBackend
+from sidegate.ratelimit.config.loader import load_from_settings
+from sidegate.ratelimit.service import RateLimitService
+from sidegate.ratelimit.settings import RateLimitSettings
 
 Entries = Iterable[tuple[str, str]]
 _prefixes = itertools.count()

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from ratelimit.buckets.base import BucketRequest
-from ratelimit.buckets.redis import RedisBackend
+from sidegate.ratelimit.buckets.base import BucketRequest
+from sidegate.ratelimit.buckets.redis import RedisBackend
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, codes, descriptor, request
 
 TIERS = """

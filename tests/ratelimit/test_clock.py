@@ -93,8 +93,8 @@ async def test_hits_addend_over_time(tmp_path: Path, clock: FakeClock) -> None:
 
 
 async def test_memory_store_stays_bounded(clock: FakeClock) -> None:
-    from ratelimit.buckets.base import BucketRequest
-    from ratelimit.buckets.memory import MemoryBackend
+    from sidegate.ratelimit.buckets.base import BucketRequest
+    from sidegate.ratelimit.buckets.memory import MemoryBackend
 
     backend = MemoryBackend(clock=clock, max_keys=100)
     for i in range(1000):

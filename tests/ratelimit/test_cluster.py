@@ -14,8 +14,8 @@ import pytest
 import redis
 from redis.asyncio.cluster import RedisCluster
 
-from ratelimit.service import RateLimitService
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit.service import RateLimitService
+from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import RedisServer, free_port
 from tests.ratelimit.conftest import OK, OVER, codes, request, write_rules
 

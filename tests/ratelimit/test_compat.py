@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 
-from ratelimit.config.units import UNIT_ENUM
-from ratelimit.response import UINT32_MAX
-from ratelimit.service import RateLimitRequestError
+from sidegate.ratelimit.config.units import UNIT_ENUM
+from sidegate.ratelimit.response import UINT32_MAX
+from sidegate.ratelimit.service import RateLimitRequestError
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, codes, descriptor, request
 
 # Fixed windows are epoch-aligned and Redis keeps its own clock: year-long windows keep a

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.config import RuleConfigError, load_rules, validate
-from ratelimit.config.units import UNIT_ENUM
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit.config import RuleConfigError, load_rules, validate
+from sidegate.ratelimit.config.units import UNIT_ENUM
+from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import REPO_ROOT
 from tests.ratelimit.conftest import write_rules
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from ratelimit import metrics
-from ratelimit.service import RateLimitService, RateLimitUnavailable
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.service import RateLimitService, RateLimitUnavailable
+from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import RedisServer
 from tests.ratelimit.conftest import OK, OVER, request, write_rules
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit import metrics
-from ratelimit.local_cache import OverLimitCache
-from ratelimit.service import RateLimitService, RateLimitUnavailable
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.local_cache import OverLimitCache
+from sidegate.ratelimit.service import RateLimitService, RateLimitUnavailable
+from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import RedisServer
 from tests.ratelimit.conftest import OK, OVER, request, write_rules
 

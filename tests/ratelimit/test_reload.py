@@ -6,8 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from ratelimit import metrics
-from ratelimit.reload import RuleWatcher
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.reload import RuleWatcher
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, descriptor, request
 
 V1 = "domain: r\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 3, unit: year}\n"

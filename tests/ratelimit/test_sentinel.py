@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ratelimit.service import RateLimitService
-from ratelimit.settings import RateLimitSettings
+from sidegate.ratelimit.service import RateLimitService
+from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import RedisServer, free_port, wait_for_port
 from tests.ratelimit.conftest import OK, OVER, request, write_rules
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from sidegate.cli import main
-from sidegate.config import PROJECT_ROOT, ConfigError, load_config
+from sidegate.config import ConfigError, load_config
+from sidegate.resources import shipped_examples, shipped_policies
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -16,10 +17,11 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_embedded_default_points_at_the_checkout() -> None:
+def test_embedded_default_points_at_the_shipped_data() -> None:
     config = load_config(None)
-    assert config.authz.policy.directory == PROJECT_ROOT / "policies"
-    assert config.ratelimit.rules_dir == PROJECT_ROOT / "examples" / "ratelimit"
+    assert config.authz.policy.directory == shipped_policies()
+    assert (shipped_policies() / "envoy" / "authz.rego").is_file()
+    assert config.ratelimit.rules_dir == shipped_examples() / "ratelimit"
     assert config.server.model == "aio"
 
 

@@ -13,7 +13,7 @@ import os
 import re
 import secrets
 
-from extauthz.identity.api_keys.store import KeyStoreError
+from sidegate.extauthz.identity.api_keys.store import KeyStoreError
 
 DIGEST_PATTERN = re.compile(r"^[0-9a-f]{64}$")
 KEY_BYTES = 32

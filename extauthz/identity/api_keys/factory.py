@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from extauthz.identity.api_keys.digest import KeyDigester
-from extauthz.identity.api_keys.file_store import FileKeyStore
-from extauthz.identity.api_keys.redis_store import RedisKeyStore
-from extauthz.identity.api_keys.settings import ApiKeySourceSettings, FileStoreSettings
-from extauthz.identity.api_keys.store import KeyStore
-from extauthz.identity.api_keys.verifier import ApiKeyVerifier
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester
+from sidegate.extauthz.identity.api_keys.file_store import FileKeyStore
+from sidegate.extauthz.identity.api_keys.redis_store import RedisKeyStore
+from sidegate.extauthz.identity.api_keys.settings import ApiKeySourceSettings, FileStoreSettings
+from sidegate.extauthz.identity.api_keys.store import KeyStore
+from sidegate.extauthz.identity.api_keys.verifier import ApiKeyVerifier
 
 
 def build_store(settings: ApiKeySourceSettings) -> KeyStore:

@@ -27,9 +27,9 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
-from extauthz.identity import metrics
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.store import KeyStoreError
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.store import KeyStoreError
 
 log = structlog.get_logger("sidegate.identity.api_keys")
 

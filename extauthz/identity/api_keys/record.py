@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from extauthz.identity.api_keys.digest import DIGEST_PATTERN
-from extauthz.identity.base import DEFAULT_TIER
+from sidegate.extauthz.identity.api_keys.digest import DIGEST_PATTERN
+from sidegate.extauthz.identity.base import DEFAULT_TIER
 
 
 class ApiKeyRecord(BaseModel):

@@ -17,10 +17,10 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from extauthz.cache import Clock, TTLCache
-from extauthz.identity.api_keys.record import ApiKeyRecord
-from extauthz.identity.api_keys.store import KeyStoreUnavailable
-from extauthz.identity.cache import SingleFlight
+from sidegate.common.cache import Clock, TTLCache
+from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
+from sidegate.extauthz.identity.api_keys.store import KeyStoreUnavailable
+from sidegate.extauthz.identity.cache import SingleFlight
 
 log = structlog.get_logger("sidegate.identity.api_keys")
 

@@ -7,8 +7,13 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from extauthz.identity.api_keys.redis_store import DEFAULT_PREFIX
-from extauthz.identity.source import CredentialLocation, SourceSettings, _Strict, resolve_path
+from sidegate.extauthz.identity.api_keys.redis_store import DEFAULT_PREFIX
+from sidegate.extauthz.identity.source import (
+    CredentialLocation,
+    SourceSettings,
+    _Strict,
+    resolve_path,
+)
 
 
 class FileStoreSettings(_Strict):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from extauthz.errors import AuthzConfigError
+from sidegate.extauthz.errors import AuthzConfigError
 
 if TYPE_CHECKING:
-    from extauthz.identity.api_keys.record import ApiKeyRecord
+    from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 
 
 class KeyStoreError(AuthzConfigError, ValueError):

@@ -6,13 +6,13 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import parse_qsl
 
-from extauthz.identity import metrics
-from extauthz.identity.api_keys.digest import KeyDigester, key_id
-from extauthz.identity.api_keys.store import KeyStore, KeyStoreUnavailable
-from extauthz.identity.base import AuthnFailure, Identity, reject
-from extauthz.identity.credentials import locate
-from extauthz.identity.source import CredentialLocation
-from extauthz.request_view import RequestView, split_path
+from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.api_keys.digest import KeyDigester, key_id
+from sidegate.extauthz.identity.api_keys.store import KeyStore, KeyStoreUnavailable
+from sidegate.extauthz.identity.base import AuthnFailure, Identity, reject
+from sidegate.extauthz.identity.credentials import locate
+from sidegate.extauthz.identity.source import CredentialLocation
+from sidegate.extauthz.request_view import RequestView, split_path
 
 METHOD = "api_key"
 SCHEME = "ApiKey"

@@ -1,0 +1,1 @@
+"""The shipped examples: sidegate.yaml, envoy.yaml, rate-limit rules, API keys (package data)."""

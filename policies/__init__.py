@@ -1,0 +1,1 @@
+"""The shipped Rego policies (package data; nothing here is Python)."""
