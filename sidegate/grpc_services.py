@@ -18,9 +18,10 @@ import structlog
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from extauthz.service import AuthzService, CheckError
-from ratelimit.service import RateLimitRequestError, RateLimitService, RateLimitUnavailable
+from sidegate.common import deadline
+from sidegate.extauthz.service import AuthzService, CheckError
 from sidegate.metrics import GRPC_ERRORS
+from sidegate.ratelimit.service import RateLimitRequestError, RateLimitService, RateLimitUnavailable
 
 log = structlog.get_logger("sidegate.server")
 
@@ -71,6 +72,19 @@ def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     return code, message
 
 
+async def _within_deadline(context: Any, call: Coroutine[Any, Any, T]) -> T:
+    """Run ``call`` with the gRPC call's deadline recorded for every outbound wait in it.
+
+    Set inside the coroutine: in the thread model it runs as a new task on the loop, and the
+    deadline must live in that task's context.
+    """
+    token = deadline.start_call(context.time_remaining())
+    try:
+        return await call
+    finally:
+        deadline.end_call(token)
+
+
 class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, service: AuthzService, tracker: CallTracker) -> None:
         self.service = service
@@ -79,7 +93,7 @@ class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return await self.service.check(request)
+            return await _within_deadline(context, self.service.check(request))
         except Exception as exc:  # the process must never crash on a request
             code, message = _map_error("authz", exc)
             await context.abort(code, message)
@@ -95,7 +109,7 @@ class AioRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
     async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return await self.service.should_rate_limit(request)
+            return await _within_deadline(context, self.service.should_rate_limit(request))
         except Exception as exc:
             code, message = _map_error("ratelimit", exc)
             await context.abort(code, message)
@@ -123,7 +137,7 @@ class ThreadedAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return self.bridge.call(self.service.check(request))
+            return self.bridge.call(_within_deadline(context, self.service.check(request)))
         except Exception as exc:
             code, message = _map_error("authz", exc)
             context.abort(code, message)
@@ -142,7 +156,9 @@ class ThreadedRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
     def ShouldRateLimit(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return self.bridge.call(self.service.should_rate_limit(request))
+            return self.bridge.call(
+                _within_deadline(context, self.service.should_rate_limit(request))
+            )
         except Exception as exc:
             code, message = _map_error("ratelimit", exc)
             context.abort(code, message)
