@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sidegate.extauthz.grpc_body import ProtosetSource
 from sidegate.extauthz.identity.base import AnonymousAuthenticator, Authenticator
 from sidegate.extauthz.identity.pipeline import IdentityPipeline
 from sidegate.extauthz.policy.embedded import EmbeddedEngine
@@ -41,9 +42,20 @@ def build_authenticator(settings: AuthzSettings) -> Authenticator:
     return AnonymousAuthenticator()
 
 
+def build_grpc_bodies(settings: AuthzSettings) -> ProtosetSource | None:
+    """The protoset that decodes gRPC request messages, when one is configured (read here)."""
+    path = settings.policy.body.proto_descriptor
+    return ProtosetSource(path) if path is not None and settings.policy.body.parse else None
+
+
 def build_authz_service(settings: AuthzSettings) -> AuthzService:
     """No network happens here; ``await service.start()`` connects and loads."""
-    return AuthzService(settings, build_engine(settings.policy), build_authenticator(settings))
+    return AuthzService(
+        settings,
+        build_engine(settings.policy),
+        build_authenticator(settings),
+        build_grpc_bodies(settings),
+    )
 
 
 def validate(settings: AuthzSettings) -> None:
@@ -56,3 +68,4 @@ def validate(settings: AuthzSettings) -> None:
         engine.load()
     # loads static keys and key files; network-free (remote keys are fetched on start)
     build_authenticator(settings)
+    build_grpc_bodies(settings)

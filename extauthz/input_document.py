@@ -20,6 +20,7 @@ from sidegate.extauthz.request_body import BodyError, parse_body
 from sidegate.extauthz.request_view import RequestView, split_path
 
 if TYPE_CHECKING:
+    from sidegate.extauthz.grpc_body import ProtosetDecoder
     from sidegate.extauthz.settings import BodySettings
 
 VERSION = {"ext_authz": "v3", "encoding": "protojson"}
@@ -171,13 +172,17 @@ def _subtree(tree: PathTree | None, *keys: str) -> PathTree | None:
 
 
 def build_input(
-    view: RequestView, body: BodySettings | None = None, needs: PathTree | None = None
+    view: RequestView,
+    body: BodySettings | None = None,
+    needs: PathTree | None = None,
+    grpc: ProtosetDecoder | None = None,
 ) -> dict[str, Any]:
     """The opa-envoy-plugin input document for one request (identity added by the caller).
 
     ``body`` None or ``parse=False`` leaves out ``parsed_body``/``truncated_body``, as
     opa-envoy-plugin's ``skip-request-body-parse``. ``needs`` (see policy/input_paths.py)
     builds only those parts (None: all); a request the full document refuses is still refused.
+    ``grpc`` (the configured protoset) decodes gRPC request messages.
     """
     document = _attributes_document(view, needs)
     path, query = split_path(view.raw_path)
@@ -189,7 +194,12 @@ def build_input(
     if body is not None and body.parse:
         try:
             parsed, truncated = parse_body(
-                view.headers, view.body, view.raw_body, max_bytes=body.max_bytes
+                view.headers,
+                view.body,
+                view.raw_body,
+                max_bytes=body.max_bytes,
+                parsed_path=document["parsed_path"],
+                grpc=grpc,
             )
         except BodyError as exc:
             raise InputError(str(exc)) from exc

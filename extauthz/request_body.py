@@ -3,7 +3,8 @@
 Rules, first that applies: Envoy's ``x-envoy-auth-partial-body: true`` means truncated; a
 ``content-length`` larger than the body Envoy sent means truncated (nothing is parsed from a
 partial body); then by content type: JSON, ``application/x-www-form-urlencoded`` (key -> list),
-``multipart/form-data`` (field -> list, JSON parts decoded); any other type gives null.
+``multipart/form-data`` (field -> list, JSON parts decoded), ``application/grpc`` (the first
+message, with a protoset: see grpc_body.py); any other type gives null.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 from urllib.parse import parse_qs
+
+from sidegate.extauthz.grpc_body import GrpcBodyError, ProtosetDecoder, is_grpc
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 
@@ -68,10 +71,31 @@ def _parse_multipart(content_type: str, data: bytes) -> dict[str, list[Any]]:
     return fields
 
 
-def parse_body(
-    headers: dict[str, str], body: str, raw_body: bytes, *, max_bytes: int
+def _parse_grpc(
+    decoder: ProtosetDecoder | None, parsed_path: list[str], raw_body: bytes
 ) -> tuple[Any, bool]:
-    """(parsed_body, truncated_body) for one request; raises BodyError on a malformed body."""
+    if decoder is None or not raw_body:
+        return None, False
+    try:
+        decoded = decoder.decode(parsed_path, raw_body)
+    except GrpcBodyError as exc:
+        raise BodyError(str(exc)) from exc
+    return decoded.parsed, decoded.truncated
+
+
+def parse_body(
+    headers: dict[str, str],
+    body: str,
+    raw_body: bytes,
+    *,
+    max_bytes: int,
+    parsed_path: list[str] | None = None,
+    grpc: ProtosetDecoder | None = None,
+) -> tuple[Any, bool]:
+    """(parsed_body, truncated_body) for one request; raises BodyError on a malformed body.
+
+    gRPC bodies are decoded only with a protoset (``grpc``) and from the bytes Envoy sends with
+    ``pack_as_bytes`` (the UTF-8 ``body`` field cannot carry a binary message)."""
     if headers.get(PARTIAL_BODY_HEADER, "").lower() == "true":
         return None, True
     data = raw_body or body.encode("utf-8")
@@ -84,6 +108,8 @@ def parse_body(
         return None, True
     content_type = headers.get("content-type", "")
     lowered = content_type.lower()
+    if is_grpc(content_type):
+        return _parse_grpc(grpc, parsed_path or [], raw_body)
     if "application/json" in lowered:
         return _parse_json(data), False
     if "application/x-www-form-urlencoded" in lowered:

@@ -28,6 +28,7 @@ from sidegate.extauthz.response import decision_response, denied_response
 if TYPE_CHECKING:
     from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
+    from sidegate.extauthz.grpc_body import ProtosetDecoder, ProtosetSource
     from sidegate.extauthz.settings import AuthzSettings
 
 log = structlog.get_logger("sidegate.authz")
@@ -59,10 +60,16 @@ class AuthzService:
         settings: AuthzSettings,
         engine: PolicyEngine,
         authenticator: Authenticator | None = None,
+        grpc_bodies: ProtosetSource | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.authenticator = authenticator or AnonymousAuthenticator()
+        self.grpc_bodies = grpc_bodies
+
+    @property
+    def _grpc_decoder(self) -> ProtosetDecoder | None:
+        return self.grpc_bodies.current if self.grpc_bodies is not None else None
 
     @property
     def ready(self) -> bool:
@@ -79,7 +86,7 @@ class AuthzService:
     def reload(self) -> bool:
         """SIGHUP: recompile policies, re-read identity files; a bad file keeps the old state."""
         ok = True
-        for part in (self.engine, self.authenticator):
+        for part in (self.engine, self.authenticator, self.grpc_bodies):
             reload = getattr(part, "reload", None)
             if reload is not None:
                 ok = bool(reload()) and ok
@@ -130,7 +137,9 @@ class AuthzService:
         input_started = time.perf_counter()
         try:
             # The decision log shows the whole document; only the engine gets the pruned one.
-            document = build_input(view, policy.body, None if log_input else needs)
+            document = build_input(
+                view, policy.body, None if log_input else needs, self._grpc_decoder
+            )
         except InputError as exc:
             response = denied_response(
                 400,
@@ -173,7 +182,7 @@ class AuthzService:
         if needs is not None and self.engine.input_needs != needs:
             # Policies reloaded between building the input and evaluating it may read more:
             # decide again on the whole document (the partial build validated the request).
-            full = build_input(view, self.settings.policy.body)
+            full = build_input(view, self.settings.policy.body, grpc=self._grpc_decoder)
             full["identity"] = document["identity"]
             result = await self.engine.evaluate(path, full)
         return result

@@ -34,11 +34,20 @@ class RemoteOpaSettings(_Strict):
 
 
 class BodySettings(_Strict):
-    """``parsed_body`` for JSON, form and multipart bodies Envoy sends (``with_request_body``)."""
+    """``parsed_body`` for JSON, form, multipart and gRPC bodies Envoy sends
+    (``with_request_body``)."""
 
     parse: bool = True
     # Bodies longer than this are not parsed: parsed_body is null, truncated_body true.
     max_bytes: int = Field(1_048_576, ge=0)
+    # A protoset (protoc --descriptor_set_out=FILE --include_imports): the first message of an
+    # application/grpc request becomes parsed_body (Envoy must send it with pack_as_bytes).
+    proto_descriptor: Path | None = None
+
+    @field_validator("proto_descriptor")
+    @classmethod
+    def _resolve_proto_descriptor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
 
 
 DEFAULT_SENSITIVE_HEADERS = (
