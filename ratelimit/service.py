@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 from envoy.service.ratelimit.v3 import rls_pb2
 
+from sidegate.common import tracing
 from sidegate.ratelimit import metrics
 from sidegate.ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
 from sidegate.ratelimit.buckets.memory import MemoryBackend
@@ -178,6 +179,10 @@ class RateLimitService:
             raise
         finally:
             elapsed = time.perf_counter() - started
+            tracing.set_attributes(
+                **{"sidegate.domain": request.domain, "sidegate.code": outcome,
+                   "sidegate.failure_mode": degraded}
+            )
             metrics.call_counter(outcome).inc()
             metrics.call_histogram(outcome).observe(elapsed)
             log.info(
@@ -327,7 +332,8 @@ class RateLimitService:
         degraded: str | None = None
         results: list[BucketResult] | None = []
         if to_store:
-            results, degraded = await self._backend_take(domain, to_store)
+            with tracing.span("sidegate.bucket_take", **{"sidegate.buckets": len(to_store)}):
+                results, degraded = await self._backend_take(domain, to_store)
         if results is None:
             return degraded  # failure mode "allow": every descriptor is OK, no limit reported
         answered = iter(results)

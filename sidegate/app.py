@@ -23,6 +23,7 @@ from sidegate.extauthz.service import AuthzService
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.settings import SidegateConfig
+from sidegate.tracing_setup import TracingUnavailable, start_tracing, stop_tracing
 
 log = structlog.get_logger("sidegate.server")
 
@@ -169,6 +170,10 @@ async def serve(config: SidegateConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    try:
+        tracer_provider = start_tracing(config.tracing)
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
     try:
         await app.start_services()
@@ -217,6 +222,7 @@ async def serve(config: SidegateConfig) -> None:
     await serving.stop(max(grace - (loop.time() - draining_since), 0.5))
     await admin.cleanup()
     await app.close_services()
+    stop_tracing(tracer_provider)
     log.info("stopped")
 
 

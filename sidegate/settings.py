@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sidegate.extauthz.settings import AuthzSettings
 from sidegate.ratelimit.settings import RateLimitSettings
+from sidegate.tracing_setup import TracingSettings
 
 
 def _check_address(value: str) -> str:
@@ -45,3 +46,4 @@ class SidegateConfig(BaseModel):
     server: ServerSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     authz: AuthzSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     ratelimit: RateLimitSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    tracing: TracingSettings = Field(default_factory=dict)  # type: ignore[arg-type]
