@@ -34,6 +34,9 @@ class ServerSettings(BaseModel):
     reflection: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Environment variable holding the bearer token the admin port's /debug/* endpoints require
+    # when admin_address is not a loopback address (without one they are not served there).
+    admin_token_env: str | None = None
 
     _grpc = field_validator("grpc_address", "admin_address")(_check_address)
 
