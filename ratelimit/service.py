@@ -195,6 +195,21 @@ class RateLimitService:
                 duration_ms=round(elapsed * 1000, 3),
             )
 
+    async def peek(
+        self, request: rls_pb2.RateLimitRequest
+    ) -> tuple[rls_pb2.RateLimitResponse, list[dict[str, object]]]:
+        """The answer ``request`` would get now, charging nothing (``sidegate explain``).
+
+        Every descriptor asks with ``hits_addend`` 0, which reads the buckets without taking.
+        """
+        peeked = rls_pb2.RateLimitRequest()
+        peeked.CopyFrom(request)
+        for descriptor in peeked.descriptors:
+            descriptor.hits_addend.value = 0
+            descriptor.hits_addend.SetInParent()  # present even at 0: a peek, not the default
+        response, summary, _ = await self._decide(peeked)
+        return response, summary
+
     async def _decide(
         self, request: rls_pb2.RateLimitRequest
     ) -> tuple[rls_pb2.RateLimitResponse, list[dict[str, object]], str | None]:

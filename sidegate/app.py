@@ -81,6 +81,7 @@ class Sidegate:
             "identity": lambda: debug.identity_state(self.authz),
         }
         debug.add_debug_routes(admin, states, token)
+        debug.add_explain_route(admin, self, token)
 
     def reload(self) -> None:
         """SIGHUP: every component re-reads its files; a bad file keeps the running version."""

@@ -19,6 +19,7 @@ _SUBCOMMAND_MODULES = (
     "sidegate.extauthz.policy.cli_commands",
     "sidegate.extauthz.keys_cli",
     "sidegate.config_cli",
+    "sidegate.explain_cli",
 )
 
 

@@ -72,6 +72,27 @@ def add_debug_routes(app: web.Application, states: dict[str, State], token: str 
         app.router.add_get(f"/debug/{name}", handler(state))
 
 
+def add_explain_route(app: web.Application, services: Any, token: str | None) -> None:
+    """``POST /debug/explain``: sidegate explain against the running process's state (its
+    in-memory buckets included); quota is peeked at, never taken."""
+    from sidegate.explain import ExplainError, explain, request_from_json
+
+    async def answer(request: web.Request) -> web.Response:
+        if token is not None:
+            given = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return web.json_response({"error": "unauthorized"}, status=401)
+        try:
+            body = await request.json()
+            check, descriptors, domain = request_from_json(body)
+            report = await explain(services, check, descriptors, domain)
+        except (ExplainError, ValueError) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(report, dumps=_dumps)
+
+    app.router.add_post("/debug/explain", answer)
+
+
 def _dumps(value: Any) -> str:
     import json
 
