@@ -56,7 +56,8 @@ class RequestView:
             raw_path=http.path,
             host=http.host,
             scheme=http.scheme,
-            request_id=http.id or headers.get("x-request-id", ""),
+            # Envoy's x-request-id (the UUID its access log carries), not the numeric stream id.
+            request_id=headers.get("x-request-id") or http.id,
             headers=headers,
             context_extensions=dict(attrs.context_extensions),
             body=http.body,

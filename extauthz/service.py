@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from google.rpc import code_pb2
 
+from sidegate.common import tracing
 from sidegate.extauthz import metrics
 from sidegate.extauthz.identity.base import (
     AnonymousAuthenticator,
@@ -99,6 +100,16 @@ class AuthzService:
         trace = PolicyTrace()
         outcome, reason, status, response, identity = await self._decide(view, decision_id, trace)
         elapsed = time.perf_counter() - started
+        tracing.set_attributes(
+            **{
+                "sidegate.decision": outcome,
+                "sidegate.reason": reason,
+                "http.response.status_code": status,
+                "sidegate.tier": identity.tier if identity else None,
+                "sidegate.consumer": identity.consumer if identity else None,
+                "sidegate.decision_id": decision_id,
+            }
+        )
         metrics.CHECKS.labels(outcome).inc()
         metrics.CHECK_SECONDS.labels(outcome).observe(elapsed)
         log.info(
@@ -123,7 +134,8 @@ class AuthzService:
         self, view: RequestView, decision_id: str, trace: PolicyTrace
     ) -> tuple[str, str, int, CheckResponse | None, Identity | None]:
         try:
-            identity = await self.authenticator.authenticate(view)
+            with tracing.span("sidegate.identity"):
+                identity = await self.authenticator.authenticate(view)
         except AuthnFailure as failure:
             return self._authn_denied(failure, decision_id)
         metadata = {
@@ -160,7 +172,8 @@ class AuthzService:
                 policy.decision_log.sensitive_query_params,
             )
         try:
-            result = await self._evaluate(path, view, document, needs)
+            with tracing.span("sidegate.policy", **{"sidegate.policy.path": path}):
+                result = await self._evaluate(path, view, document, needs)
             trace.eval_seconds = result.eval_seconds
             trace.cached = result.cached
             metrics.POLICY_EVAL_SECONDS.observe(result.eval_seconds)

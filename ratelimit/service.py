@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import structlog
 from envoy.service.ratelimit.v3 import rls_pb2
 
+from sidegate.common import tracing
 from sidegate.ratelimit import metrics
 from sidegate.ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
 from sidegate.ratelimit.buckets.memory import MemoryBackend
@@ -178,6 +179,10 @@ class RateLimitService:
             raise
         finally:
             elapsed = time.perf_counter() - started
+            tracing.set_attributes(
+                **{"sidegate.domain": request.domain, "sidegate.code": outcome,
+                   "sidegate.failure_mode": degraded}
+            )
             metrics.call_counter(outcome).inc()
             metrics.call_histogram(outcome).observe(elapsed)
             log.info(
@@ -189,6 +194,21 @@ class RateLimitService:
                 failure_mode=degraded,
                 duration_ms=round(elapsed * 1000, 3),
             )
+
+    async def peek(
+        self, request: rls_pb2.RateLimitRequest
+    ) -> tuple[rls_pb2.RateLimitResponse, list[dict[str, object]]]:
+        """The answer ``request`` would get now, charging nothing (``sidegate explain``).
+
+        Every descriptor asks with ``hits_addend`` 0, which reads the buckets without taking.
+        """
+        peeked = rls_pb2.RateLimitRequest()
+        peeked.CopyFrom(request)
+        for descriptor in peeked.descriptors:
+            descriptor.hits_addend.value = 0
+            descriptor.hits_addend.SetInParent()  # present even at 0: a peek, not the default
+        response, summary, _ = await self._decide(peeked)
+        return response, summary
 
     async def _decide(
         self, request: rls_pb2.RateLimitRequest
@@ -327,7 +347,8 @@ class RateLimitService:
         degraded: str | None = None
         results: list[BucketResult] | None = []
         if to_store:
-            results, degraded = await self._backend_take(domain, to_store)
+            with tracing.span("sidegate.bucket_take", **{"sidegate.buckets": len(to_store)}):
+                results, degraded = await self._backend_take(domain, to_store)
         if results is None:
             return degraded  # failure mode "allow": every descriptor is OK, no limit reported
         answered = iter(results)

@@ -13,6 +13,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# xds-protos overwrites opentelemetry-proto's modules with a stale copy (grpc/grpc#42926):
+# put the real ones back, as docs/operations.md tells users of tracing to.
+.venv/bin/python -m pip install --quiet --force-reinstall --no-deps opentelemetry-proto
 
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"

@@ -11,11 +11,13 @@ from typing import Any
 
 import grpc
 import structlog
+from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from sidegate import debug
 from sidegate import grpc_services as gs
 from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
@@ -23,6 +25,7 @@ from sidegate.extauthz.service import AuthzService
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.settings import SidegateConfig
+from sidegate.tracing_setup import TracingUnavailable, start_tracing, stop_tracing
 
 log = structlog.get_logger("sidegate.server")
 
@@ -64,6 +67,21 @@ class Sidegate:
         for service in (self.authz, self.ratelimit):
             if service is not None:
                 await service.close()
+
+    def debug_routes(self, admin: web.Application) -> None:
+        """/debug/* on the admin port (loopback, or with a token: see sidegate/debug.py)."""
+        server = self.config.server
+        serve, token = debug.debug_token(server.admin_address, server.admin_token_env)
+        if not serve:
+            return
+        states = {
+            "config": lambda: debug.config_state(self.config),
+            "ratelimit": lambda: debug.ratelimit_state(self.ratelimit),
+            "policies": lambda: debug.policy_state(self.authz),
+            "identity": lambda: debug.identity_state(self.authz),
+        }
+        debug.add_debug_routes(admin, states, token)
+        debug.add_explain_route(admin, self, token)
 
     def reload(self) -> None:
         """SIGHUP: every component re-reads its files; a bad file keeps the running version."""
@@ -169,6 +187,10 @@ async def serve(config: SidegateConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, app.reload)
+    try:
+        tracer_provider = start_tracing(config.tracing)
+    except TracingUnavailable as exc:
+        raise StartupError(str(exc)) from None
 
     try:
         await app.start_services()
@@ -186,7 +208,7 @@ async def serve(config: SidegateConfig) -> None:
         raise
     await serving.start()
     try:
-        admin = await start_admin(config.server.admin_address, lambda: app.ready)
+        admin = await start_admin(config.server.admin_address, lambda: app.ready, app.debug_routes)
     except OSError as exc:
         await serving.stop(0)
         await app.close_services()
@@ -217,6 +239,7 @@ async def serve(config: SidegateConfig) -> None:
     await serving.stop(max(grace - (loop.time() - draining_since), 0.5))
     await admin.cleanup()
     await app.close_services()
+    stop_tracing(tracer_provider)
     log.info("stopped")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +18,7 @@ import structlog
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from sidegate.common import deadline
+from sidegate.common import deadline, tracing
 from sidegate.extauthz.service import AuthzService, CheckError
 from sidegate.metrics import GRPC_ERRORS
 from sidegate.ratelimit.service import RateLimitRequestError, RateLimitService, RateLimitUnavailable
@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 RATELIMIT_SERVICE = rls_pb2.DESCRIPTOR.services_by_name["RateLimitService"].full_name
+# Span names: the gRPC method, as OpenTelemetry's RPC conventions name server spans.
+CHECK_SPAN = f"{AUTHZ_SERVICE}/Check"
+RATELIMIT_SPAN = f"{RATELIMIT_SERVICE}/ShouldRateLimit"
 
 
 class CallTracker:
@@ -72,17 +75,40 @@ def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     return code, message
 
 
-async def _within_deadline(context: Any, call: Coroutine[Any, Any, T]) -> T:
-    """Run ``call`` with the gRPC call's deadline recorded for every outbound wait in it.
+async def _within_deadline(
+    context: Any, call: Coroutine[Any, Any, T], span: str, carrier: Mapping[str, str] | None
+) -> T:
+    """Run ``call`` with the gRPC call's deadline recorded for every outbound wait in it, inside
+    the call's trace span (a no-op while tracing is off).
 
     Set inside the coroutine: in the thread model it runs as a new task on the loop, and the
-    deadline must live in that task's context.
+    deadline and the span must live in that task's context.
     """
     token = deadline.start_call(context.time_remaining())
     try:
-        return await call
+        with tracing.server_span(span, carrier):
+            return await call
     finally:
         deadline.end_call(token)
+
+
+def _check_carrier(request: Any) -> Mapping[str, str] | None:
+    """The client's trace context travels in the request's headers (W3C or B3)."""
+    if not tracing.enabled():
+        return None
+    http = request.attributes.request.http
+    if http.headers:
+        return http.headers
+    return {h.key.lower(): h.value or h.raw_value.decode("utf-8", "replace")
+            for h in http.header_map.headers}
+
+
+def _metadata_carrier(context: Any) -> Mapping[str, str] | None:
+    """Envoy puts its own trace context in the rate-limit call's gRPC metadata."""
+    if not tracing.enabled():
+        return None
+    return {key: value for key, value in (context.invocation_metadata() or ())
+            if isinstance(value, str)}
 
 
 class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
@@ -93,7 +119,9 @@ class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return await _within_deadline(context, self.service.check(request))
+            return await _within_deadline(
+                context, self.service.check(request), CHECK_SPAN, _check_carrier(request)
+            )
         except Exception as exc:  # the process must never crash on a request
             code, message = _map_error("authz", exc)
             await context.abort(code, message)
@@ -109,7 +137,12 @@ class AioRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
     async def ShouldRateLimit(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return await _within_deadline(context, self.service.should_rate_limit(request))
+            return await _within_deadline(
+                context,
+                self.service.should_rate_limit(request),
+                RATELIMIT_SPAN,
+                _metadata_carrier(context),
+            )
         except Exception as exc:
             code, message = _map_error("ratelimit", exc)
             await context.abort(code, message)
@@ -137,7 +170,9 @@ class ThreadedAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
     def Check(self, request: Any, context: grpc.ServicerContext) -> Any:
         self.tracker.begin()
         try:
-            return self.bridge.call(_within_deadline(context, self.service.check(request)))
+            return self.bridge.call(_within_deadline(
+                context, self.service.check(request), CHECK_SPAN, _check_carrier(request)
+            ))
         except Exception as exc:
             code, message = _map_error("authz", exc)
             context.abort(code, message)
@@ -157,7 +192,12 @@ class ThreadedRateLimit(rls_pb2_grpc.RateLimitServiceServicer):
         self.tracker.begin()
         try:
             return self.bridge.call(
-                _within_deadline(context, self.service.should_rate_limit(request))
+                _within_deadline(
+                    context,
+                    self.service.should_rate_limit(request),
+                    RATELIMIT_SPAN,
+                    _metadata_carrier(context),
+                )
             )
         except Exception as exc:
             code, message = _map_error("ratelimit", exc)

@@ -1,6 +1,8 @@
 """Process-level metrics; each service package defines its own next to its code."""
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Info
+
+from sidegate import __version__
 
 GRPC_ERRORS = Counter(
     "sidegate_grpc_errors_total",
@@ -11,3 +13,5 @@ READY = Gauge("sidegate_ready", "1 once config, policies and rate-limit rules ar
 RELOADS = Counter(
     "sidegate_reloads_total", "SIGHUP reloads by component and result", ["component", "result"]
 )
+BUILD_INFO = Info("sidegate_build", "The running sidegate's version")
+BUILD_INFO.info({"version": __version__})

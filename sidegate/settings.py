@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sidegate.extauthz.settings import AuthzSettings
 from sidegate.ratelimit.settings import RateLimitSettings
+from sidegate.tracing_setup import TracingSettings
 
 
 def _check_address(value: str) -> str:
@@ -33,6 +34,9 @@ class ServerSettings(BaseModel):
     reflection: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Environment variable holding the bearer token the admin port's /debug/* endpoints require
+    # when admin_address is not a loopback address (without one they are not served there).
+    admin_token_env: str | None = None
 
     _grpc = field_validator("grpc_address", "admin_address")(_check_address)
 
@@ -45,3 +49,4 @@ class SidegateConfig(BaseModel):
     server: ServerSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     authz: AuthzSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     ratelimit: RateLimitSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+    tracing: TracingSettings = Field(default_factory=dict)  # type: ignore[arg-type]

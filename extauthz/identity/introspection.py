@@ -136,6 +136,9 @@ class IntrospectionVerifier:
             headers={"accept": "application/json", "user-agent": "sidegate"},
         )
 
+    def debug_state(self) -> dict[str, object]:
+        return {"endpoint": self.endpoint}
+
     async def start(self) -> None:
         if self._session is None:
             self._session = self._open_session()

@@ -175,6 +175,9 @@ class StaticKeySet:
             raise UnknownKid(f"no configured key with kid {kid!r} for {alg}")
         return found
 
+    def debug_state(self) -> dict[str, object]:
+        return {"keys_from": "config", "loaded": True, "kids": [k.kid for k in self.keys]}
+
     async def start(self) -> None:
         return None
 
@@ -219,6 +222,17 @@ class RemoteKeySet:
     @property
     def kids(self) -> list[str | None]:
         return [k.kid for k in self._keys]
+
+    def debug_state(self) -> dict[str, object]:
+        """For /debug/identity: where the keys come from, which kids, how fresh (no key data)."""
+        now = self._clock()
+        return {
+            "keys_from": self._jwks_uri or self._discovery_url,
+            "loaded": self._loaded,
+            "kids": self.kids,
+            "age_s": None if self._last_success is None else round(now - self._last_success, 3),
+            "last_refresh_failed": self._last_failed,
+        }
 
     async def start(self) -> None:
         """Fetch in the background: an IdP that is down must not stop sidegate starting."""

@@ -169,6 +169,14 @@ class JwtVerifier:
             else None
         )
 
+    def debug_state(self) -> dict[str, object]:
+        """For /debug/identity: each issuer's key state."""
+        issuers = {}
+        for name, issuer in self.issuers.items():
+            describe = getattr(issuer.keys, "debug_state", None)
+            issuers[name] = describe() if describe is not None else {}
+        return {"issuers": issuers}
+
     async def start(self) -> None:
         for issuer in self.issuers.values():
             await issuer.keys.start()

@@ -1,4 +1,4 @@
-"""``sidegate policy test [DIR]`` and ``sidegate policy eval --input FILE [--path P]``."""
+"""``sidegate policy test [PATH...]`` and ``sidegate policy eval --input FILE [--path P]``."""
 
 from __future__ import annotations
 
@@ -25,28 +25,47 @@ DEFAULT_PATH = "envoy/authz/allow"
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    return testing.report(args.directory or _default_directory(), sys.stdout, timeout=args.timeout)
+    return testing.report(
+        args.paths or [_default_directory()],
+        sys.stdout,
+        timeout=args.timeout,
+        verbose=args.verbose,
+        run=args.run,
+    )
+
+
+def decision_path(text: str) -> str:
+    """``data.envoy.authz.allow``, ``envoy.authz.allow`` and ``envoy/authz/allow`` alike."""
+    path = text.strip().strip("/")
+    if path == "data" or path.startswith("data."):
+        path = path[len("data") :].lstrip(".")
+    return path.replace(".", "/") if "/" not in path else path
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     try:
-        input_doc = json.loads(Path(args.input).read_text())
+        text = sys.stdin.read() if args.input == "-" else Path(args.input).read_text()
+        input_doc = json.loads(text)
     except (OSError, ValueError) as exc:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
         return 2
+    path = decision_path(args.path)
     engine = EmbeddedEngine(args.policies or _default_directory())
+    input_json = json.dumps(input_doc)
     try:
         engine.load()
-        result = engine.evaluate_json(args.path, json.dumps(input_doc))
+        result = engine.evaluate_json(path, input_json)
     except PolicyCompileError as exc:
         print(f"sidegate: {exc}", file=sys.stderr)
         return 2
     except PolicyError as exc:
-        print(f"sidegate: {args.path}: {exc.reason}", file=sys.stderr)
+        print(f"sidegate: {path}: {exc.reason}", file=sys.stderr)
         return 1
-    output: dict[str, object] = {"path": args.path.strip("/")}
+    output: dict[str, object] = {"path": path}
     if result.value is not UNDEFINED:
         output["result"] = result.value
+    if args.explain:
+        output["explain"] = _package_rules(engine, path, input_json)
     # Whether sidegate could use it as a Check decision, and why not.
     try:
         output["allowed"] = parse_decision(result.value).allowed
@@ -54,6 +73,23 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         output["error"] = str(exc)
     print(json.dumps(output, indent=2, sort_keys=True))
     return 0 if "allowed" in output else 1
+
+
+def _package_rules(engine: EmbeddedEngine, path: str, input_json: str) -> dict[str, object]:
+    """The values of the rules in the decision's package: the ones that held decided."""
+    package = path.rpartition("/")[0]
+    values: dict[str, object] = {}
+    for entrypoint in sorted(engine.entrypoints):
+        if entrypoint.rpartition("/")[0] != package:
+            continue
+        try:
+            value = engine.evaluate_json(entrypoint, input_json).value
+        except PolicyError as exc:
+            values[entrypoint] = f"error: {exc.reason}"
+            continue
+        if value is not UNDEFINED:
+            values[entrypoint] = value
+    return values
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -64,8 +100,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
         "test", help="run the test_* rules of *_test.rego files (like opa test)"
     )
     test.add_argument(
-        "directory", type=Path, nargs="?", default=None,
-        help="policy directory (default: ./policies, else the shipped policies)"
+        "paths", type=Path, nargs="*", metavar="PATH",
+        help="policy directories and files (default: ./policies, else the shipped policies)",
+    )
+    test.add_argument(
+        "-v", "--verbose", action="store_true", help="every test with its result and time"
+    )
+    test.add_argument(
+        "-r", "--run", metavar="REGEX", help="only tests whose data.pkg.test_name matches"
     )
     test.add_argument(
         "--timeout", type=float, default=testing.DEFAULT_TIMEOUT, help="seconds per test rule"
@@ -73,8 +115,15 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ig
     test.set_defaults(handler=_cmd_test)
 
     evaluate = commands.add_parser("eval", help="print the decision for one input document")
-    evaluate.add_argument("--input", required=True, help="input document (JSON file)")
-    evaluate.add_argument("--path", default=DEFAULT_PATH, help="decision path")
+    evaluate.add_argument("--input", required=True, help="input document (JSON file; - stdin)")
+    evaluate.add_argument(
+        "--path", default=DEFAULT_PATH,
+        help="decision path: data.envoy.authz.allow, envoy.authz.allow or envoy/authz/allow",
+    )
+    evaluate.add_argument(
+        "--explain", action="store_true",
+        help="also the values of every rule in the decision's package (those that held decided)",
+    )
     evaluate.add_argument(
         "--policies", type=Path, default=None,
         help="policy directory (default: ./policies, else the shipped policies)"

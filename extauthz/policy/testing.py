@@ -9,20 +9,28 @@ reported as that test's error, not end the run (see ``run_tests``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TextIO
 
 from sidegate.extauthz.policy import rego_native
-from sidegate.extauthz.policy.embedded import PolicyCompileError, new_interpreter
+from sidegate.extauthz.policy.embedded import (
+    PolicyCompileError,
+    compile_policies,
+    new_interpreter,
+)
 from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 from sidegate.extauthz.policy.sources import PolicySourceError, read_sources
 
@@ -204,7 +212,12 @@ def _run_in_worker(
         worker.close()
 
 
-def run_tests(directory: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[TestResult]:
+def run_tests(
+    directory: Path,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    cases: list[TestCase] | None = None,
+) -> Iterator[TestResult]:
     """Yield one result per test rule, in file then rule order.
 
     Each file runs in one worker with only that test module loaded. A crash takes the whole
@@ -212,7 +225,7 @@ def run_tests(directory: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[
     is rerun alone, its file stripped of the other test rules: the crash lands on its cause.
     """
     by_file: dict[str, list[TestCase]] = {}
-    for case in discover(directory):
+    for case in discover(directory) if cases is None else cases:
         by_file.setdefault(case.file, []).append(case)
     for cases in by_file.values():
         results = list(_run_in_worker(directory, cases, timeout, isolated=False))
@@ -223,23 +236,91 @@ def run_tests(directory: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Iterator[
             yield from _run_in_worker(directory, [case], timeout, isolated=True)
 
 
-def report(directory: Path, out: TextIO, *, timeout: float = DEFAULT_TIMEOUT) -> int:
-    """Print PASS/FAIL/ERROR per test like ``opa test -v``; 0 when every test passed."""
+# Exit codes as ``opa test``: 0 all passed, 1 the policies or paths could not be loaded,
+# 2 a test failed or errored.
+EXIT_OK, EXIT_LOAD_ERROR, EXIT_FAILED = 0, 1, 2
+
+
+@contextlib.contextmanager
+def staged(paths: Sequence[Path]) -> Iterator[tuple[Path, dict[str, str]]]:
+    """One directory holding ``paths`` (directories and single files, like ``opa test``'s
+    arguments), and how to name its files in the report: a lone directory is used as it is;
+    anything else is copied into a temporary directory (policy files are small, and the
+    directory walk does not follow links)."""
+    if len(paths) == 1 and paths[0].is_dir():
+        yield paths[0], {}
+        return
+    with tempfile.TemporaryDirectory(prefix="sidegate-policy-test-") as tmp:
+        names: dict[str, str] = {}
+        for index, path in enumerate(paths):
+            if not path.exists():
+                raise PolicySourceError(f"{path}: no such file or directory")
+            copy = Path(tmp) / f"{index}-{path.name}"
+            if path.is_dir():
+                shutil.copytree(path, copy)
+            else:
+                shutil.copyfile(path, copy)
+            names[str(copy)] = str(path)
+        yield Path(tmp), names
+
+
+def _shown(file: str, names: dict[str, str]) -> str:
+    for copy, original in names.items():
+        if file == copy or file.startswith(copy + "/"):
+            return original + file[len(copy):]
+    return file
+
+
+def report(
+    paths: Path | Sequence[Path],
+    out: TextIO,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    verbose: bool = True,
+    run: str | None = None,
+) -> int:
+    """Print results like ``opa test`` (every test with ``verbose``, else failures only) and
+    a summary; ``run`` (a regular expression) selects tests by their ``data.pkg.test_x`` name."""
+    if isinstance(paths, Path):
+        paths = [paths]
     try:
-        cases = discover(directory)
+        pattern = re.compile(run) if run else None
+    except re.error as exc:
+        print(f"error: --run {run!r}: {exc}", file=out)
+        return EXIT_LOAD_ERROR
+    try:
+        with staged(paths) as (directory, names):
+            return _report(directory, names, out, timeout, verbose, pattern)
     except (PolicySourceError, PolicyCompileError) as exc:
         print(f"error: {exc}", file=out)
-        return 2
+        return EXIT_LOAD_ERROR
+
+
+def _report(
+    directory: Path,
+    names: dict[str, str],
+    out: TextIO,
+    timeout: float,
+    verbose: bool,
+    pattern: re.Pattern[str] | None,
+) -> int:
+    # Policies that do not compile are a load error (exit 1, as opa test), not one error per test.
+    if read_sources(directory, require_policies=False).policy_modules:
+        compile_policies(directory, ())
+    cases = [c for c in discover(directory) if pattern is None or pattern.search(c.ref)]
     if not cases:
-        print(f"{directory}: no test_* rules in *_test.rego files", file=out)
-        return 1
+        where = ", ".join(names.values()) or str(directory)
+        print(f"{where}: no test_* rules in *_test.rego files", file=out)
+        return EXIT_LOAD_ERROR
     counts = {"PASS": 0, "FAIL": 0, "ERROR": 0}
     current_file = ""
-    for result in run_tests(directory, timeout=timeout):
+    for result in run_tests(directory, timeout=timeout, cases=cases):
+        counts[result.outcome] += 1
+        if not verbose and result.outcome == "PASS":
+            continue
         if result.case.file != current_file:
             current_file = result.case.file
-            print(f"{current_file}:", file=out)
-        counts[result.outcome] += 1
+            print(f"{_shown(current_file, names)}:", file=out)
         line = f"{result.case.ref}: {result.outcome} ({result.seconds * 1000:.1f}ms)"
         if result.detail:
             line += f"\n  {result.detail}"
@@ -249,7 +330,7 @@ def report(directory: Path, out: TextIO, *, timeout: float = DEFAULT_TIMEOUT) ->
     for outcome in ("PASS", "FAIL", "ERROR"):
         if counts[outcome]:
             print(f"{outcome}: {counts[outcome]}/{total}", file=out)
-    return 0 if counts["PASS"] == total else 1
+    return EXIT_OK if counts["PASS"] == total else EXIT_FAILED
 
 
 if __name__ == "__main__":

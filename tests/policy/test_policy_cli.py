@@ -64,8 +64,8 @@ def sidegate(*args: str) -> subprocess.CompletedProcess[str]:
 def test_policy_test_reports_pass_and_fail_and_exits_non_zero(tmp_path):
     (tmp_path / "app.rego").write_text(POLICY)
     (tmp_path / "app_test.rego").write_text(TESTS)
-    result = sidegate("policy", "test", str(tmp_path))
-    assert result.returncode == 1, result.stderr
+    result = sidegate("policy", "test", "-v", str(tmp_path))
+    assert result.returncode == 2, result.stderr  # as opa test: 2 when a test fails
     out = result.stdout
     assert "data.app_test.test_admin_allowed: PASS" in out
     assert "data.app_test.test_reader_allowed: PASS" in out
@@ -86,7 +86,7 @@ def test_an_engine_crash_is_one_error_and_the_run_goes_on(tmp_path):
     (tmp_path / "app.rego").write_text(POLICY)
     (tmp_path / "crash_test.rego").write_text(CRASHING)
     out = io.StringIO()
-    assert testing.report(tmp_path, out) == 1
+    assert testing.report(tmp_path, out) == testing.EXIT_FAILED
     text = out.getvalue()
     assert "test_whole_input_mock: ERROR" in text
     assert "policy engine crashed" in text
@@ -148,3 +148,60 @@ def test_test_dir_without_tests(tmp_path: Path):
     out = io.StringIO()
     assert testing.report(tmp_path, out) == 1
     assert "no test_* rules" in out.getvalue()
+
+
+def test_without_verbose_only_failures_are_listed(tmp_path):
+    (tmp_path / "app.rego").write_text(POLICY)
+    (tmp_path / "app_test.rego").write_text(TESTS)
+    result = sidegate("policy", "test", str(tmp_path))
+    assert result.returncode == 2
+    assert "test_wrong_expectation: FAIL" in result.stdout
+    assert "test_admin_allowed" not in result.stdout
+    assert "PASS: 2/4" in result.stdout
+
+
+def test_run_selects_tests_by_name(tmp_path):
+    (tmp_path / "app.rego").write_text(POLICY)
+    (tmp_path / "app_test.rego").write_text(TESTS)
+    result = sidegate("policy", "test", "-v", "--run", "test_(admin|reader)_allowed$",
+                      str(tmp_path))
+    assert result.returncode == 0, result.stdout
+    assert "PASS: 2/2" in result.stdout and "wrong_expectation" not in result.stdout
+    bad = sidegate("policy", "test", "--run", "(", str(tmp_path))
+    assert bad.returncode == 1 and "--run" in bad.stdout
+
+
+def test_files_are_accepted_as_well_as_directories(tmp_path):
+    policy = tmp_path / "src" / "app.rego"
+    policy.parent.mkdir()
+    policy.write_text(POLICY)
+    tests = tmp_path / "app_test.rego"
+    tests.write_text(TESTS.split("test_wrong_expectation")[0])
+    result = sidegate("policy", "test", "-v", str(policy.parent), str(tests))
+    assert result.returncode == 0, result.stdout
+    assert f"{tests}:" in result.stdout  # the user's path, not a temporary copy
+    missing = sidegate("policy", "test", str(tmp_path / "nope.rego"))
+    assert missing.returncode == 1 and "no such file" in missing.stdout
+
+
+def test_eval_takes_opa_style_paths_and_stdin(tmp_path):
+    (tmp_path / "app.rego").write_text(POLICY)
+    for path in ("data.app.allow", "app.allow", "app/allow", "/app/allow"):
+        result = subprocess.run(
+            [sys.executable, "-m", "sidegate.cli", "policy", "eval", "--input", "-",
+             "--path", path, "--policies", str(tmp_path)],
+            input=json.dumps({"user": "admin"}), capture_output=True, text=True, timeout=120,
+            cwd=REPO_ROOT,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["path"] == "app/allow"
+
+
+def test_eval_explain_shows_the_rules_of_the_package(tmp_path):
+    (tmp_path / "app.rego").write_text(POLICY)
+    doc = tmp_path / "input.json"
+    doc.write_text(json.dumps({"user": "reader"}))
+    result = sidegate("policy", "eval", "--input", str(doc), "--path", "app.allow",
+                      "--policies", str(tmp_path), "--explain")
+    shown = json.loads(result.stdout)
+    assert shown["explain"] == {"app/allow": True, "app/is_reader": True}

@@ -175,6 +175,9 @@ class FileKeyStore:
         write_key_file(self.path, records.values())
         return True
 
+    def debug_state(self) -> dict[str, object]:
+        return {"type": "file", "path": str(self.path), "keys": len(self._records)}
+
     async def start(self) -> None:
         if self._signature is None:
             self.load()

@@ -91,6 +91,11 @@ class RedisKeyStore:
             )
         return self._client
 
+    def debug_state(self) -> dict[str, object]:
+        # The URL may carry a password: only where the store is, never how to log in.
+        where = self.url.rsplit("@", 1)[-1]
+        return {"type": "redis", "at": where, "prefix": self.prefix}
+
     async def start(self) -> None:
         # Connect lazily but say early when Redis is unreachable; keys may be served later.
         try:

@@ -63,6 +63,11 @@ class ApiKeyVerifier:
         self.service_extension = service_extension
         self._clock = clock
 
+    def debug_state(self) -> dict[str, object]:
+        """For /debug/identity: the store and how many keys it holds (never a key or digest)."""
+        describe = getattr(self.store, "debug_state", None)
+        return {"store": describe() if describe is not None else type(self.store).__name__}
+
     async def start(self) -> None:
         await self.store.start()
 
