@@ -59,6 +59,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             validate_ratelimit(config.ratelimit)
         except RuleConfigError as exc:
             problems.append(str(exc))
+    if config.authz.enabled:
+        from sidegate.extauthz.identity.reachability import unreachable_sources
+
+        for warning in unreachable_sources(config.authz.identity):
+            print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
     if problems:
