@@ -95,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_subcommands(sub)
+        if hasattr(module, "set_tier_lookup"):
+            from sidegate.rule_tiers import configured_tiers
+
+            # keys add warns about a tier no rate-limit rule knows
+            module.set_tier_lookup(configured_tiers)
     return parser
 
 
