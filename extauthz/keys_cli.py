@@ -75,7 +75,7 @@ def open_store(spec: str, *, prefix: str = DEFAULT_PREFIX) -> KeyStore:
         return FileKeyStore(Path(path), reload_interval=0)
     if spec.startswith(("redis://", "rediss://", "unix://")):
         return RedisKeyStore(spec, prefix=prefix, cache_ttl=0, negative_cache_ttl=0)
-    raise CliError("--store: expected file:PATH or a redis://, rediss:// or unix:// URL")
+    raise CliError(f"--store: {spec!r} is neither file:PATH nor a redis:// URL")
 
 
 def store_name(store: KeyStore) -> str:
