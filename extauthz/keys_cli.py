@@ -213,8 +213,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "consumer": r.consumer,
                 "tier": r.tier,
                 "services": list(r.services),
-                "created_at": _when(r.created_at),
-                "expires_at": _when(r.expires_at),
+                "created_at": _when(r.created_at) if r.created_at else None,
+                "expires_at": _when(r.expires_at) if r.expires_at else None,
                 "disabled": r.disabled,
                 "status": _status(r, now),
             }

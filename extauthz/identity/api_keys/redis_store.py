@@ -1,7 +1,8 @@
 """API keys in Redis, shared by every sidegate instance: one hash per key digest.
 
 Layout: ``{prefix}{digest}`` → hash with ``consumer``, ``tier``, ``roles``/``scopes``/``services``
-(JSON lists), ``expires_at`` (ISO 8601, optional), ``disabled`` ("0"/"1"), ``description``.
+(JSON lists), ``expires_at``/``created_at`` (ISO 8601, optional), ``disabled`` ("0"/"1"),
+``description``.
 Lookups are one HGETALL by digest. A small local cache (positive ``cache_ttl``, negative
 ``negative_cache_ttl``) keeps Redis off the hot path for repeat callers; a revocation or a new
 key is therefore seen by every instance within those TTLs.
