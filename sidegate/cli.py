@@ -64,6 +64,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
         for warning in unreachable_sources(config.authz.identity):
             print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
+    if not problems:
+        from sidegate.rule_tiers import key_file_tier_warnings
+
+        for warning in key_file_tier_warnings(config):
+            print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
     if problems:

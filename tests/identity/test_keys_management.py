@@ -325,3 +325,23 @@ async def test_redis_errors_name_the_store_never_the_password(
     err = capsys.readouterr().err
     assert code == 1
     assert f"redis key store 127.0.0.1:{port}/3" in err and "s3cret" not in err
+
+
+def test_check_config_warns_about_key_tiers_no_rule_knows(
+    tmp_path: Path, key_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = yaml.safe_load((REPO_ROOT / "examples" / "sidegate.yaml").read_text())
+    config["authz"]["policy"]["directory"] = str(REPO_ROOT / "policies")
+    config["ratelimit"]["rules_dir"] = str(REPO_ROOT / "examples" / "ratelimit")
+    config["authz"]["identity"]["sources"][0]["store"]["path"] = str(key_file)
+    path = tmp_path / "sidegate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert sidegate_main(["check-config", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err  # free and premium are both in the rules
+    code, out, _ = run(capsys, "add", "--consumer", "x", "--tier", "gold", "--store",
+                       f"file:{key_file}")  # fmt: skip
+    assert code == 0
+    assert sidegate_main(["check-config", str(path)]) == 0  # a warning, not an error
+    err = capsys.readouterr().err
+    assert "sources[0] ('demo-keys')" in err
+    assert f"tier 'gold' of key_id {key_id(KeyDigester().digest(out.strip()))}" in err
