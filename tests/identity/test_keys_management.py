@@ -345,3 +345,26 @@ def test_check_config_warns_about_key_tiers_no_rule_knows(
     err = capsys.readouterr().err
     assert "sources[0] ('demo-keys')" in err
     assert f"tier 'gold' of key_id {key_id(KeyDigester().digest(out.strip()))}" in err
+
+
+def test_hand_written_spelling_survives_edits(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fields an edit does not change keep their spelling: an unquoted timestamp, an
+    upper-case digest, a spelled-out default tier, trailing comments."""
+    path = tmp_path / "k.yaml"
+    digest = KeyDigester().digest(FREE_KEY)
+    path.write_text(
+        "keys:\n"
+        "  # partner acme\n"
+        f"  - digest: {digest.upper()}   # upper case\n"
+        "    consumer: acme\n"
+        "    tier: default            # spelled out\n"
+        "    expires_at: 2030-01-01T00:00:00Z\n"
+        "    roles: [a]\n"
+    )
+    before = path.read_text()
+    assert run(capsys, "disable", "--consumer", "acme", "--store", f"file:{path}")[0] == 0
+    assert path.read_text() == before + "    disabled: true\n"
+    assert run(capsys, "enable", "--key", FREE_KEY, "--store", f"file:{path}")[0] == 0
+    assert path.read_text() == before

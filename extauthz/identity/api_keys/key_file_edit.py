@@ -57,21 +57,28 @@ def new_entry(record: ApiKeyRecord) -> CommentedMap:
 
 
 def update_entry(entry: CommentedMap, record: ApiKeyRecord) -> None:
-    """Set what changed, drop what went back to its default; untouched keys keep comments."""
+    """Rewrite only the fields whose *meaning* changed; the others keep their spelling
+    (an unquoted timestamp stays unquoted, ``tier: default`` stays) and their comments."""
+    current = ApiKeyRecord.model_validate({k: _plain(v) for k, v in entry.items()})
     wanted = entry_fields(record)
-    for name in [k for k in entry if k not in wanted]:
-        del entry[name]
-    for name, value in wanted.items():
-        current = entry.get(name)
-        if name in _LISTS and current is not None and list(current) == value:
+    for name in _FIELD_ORDER:
+        if name == "digest" or getattr(current, name) == getattr(record, name):
             continue
-        if name == "digest" or (current == value and name not in _LISTS):
-            continue
-        if name in entry:
-            entry[name] = _value(name, value)
+        if name not in wanted:
+            entry.pop(name, None)
+        elif name in entry:
+            entry[name] = _value(name, wanted[name])
         else:
-            position = sum(1 for k in entry if _FIELD_ORDER.index(k) < _FIELD_ORDER.index(name))
-            entry.insert(position, name, _value(name, value))
+            position = sum(1 for k in entry if k in _FIELD_ORDER and _before(k, name))
+            entry.insert(position, name, _value(name, wanted[name]))
+
+
+def _before(a: str, b: str) -> bool:
+    return _FIELD_ORDER.index(a) < _FIELD_ORDER.index(b)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else value
 
 
 def find_entry(entries: CommentedSeq, digest: str) -> int | None:
