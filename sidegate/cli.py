@@ -64,6 +64,16 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             validate_ratelimit(config.ratelimit)
         except RuleConfigError as exc:
             problems.append(str(exc))
+    if config.authz.enabled:
+        from sidegate.extauthz.identity.reachability import unreachable_sources
+
+        for warning in unreachable_sources(config.authz.identity):
+            print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
+    if not problems:
+        from sidegate.rule_tiers import key_file_tier_warnings
+
+        for warning in key_file_tier_warnings(config):
+            print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
     if problems:
@@ -95,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_subcommands(sub)
+        if hasattr(module, "set_tier_lookup"):
+            from sidegate.rule_tiers import configured_tiers
+
+            # keys add warns about a tier no rate-limit rule knows
+            module.set_tier_lookup(configured_tiers)
     return parser
 
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sidegate.extauthz.identity.fetch import check_url
 from sidegate.extauthz.identity.source import SourceSettings, _Strict, resolve_path
+from sidegate.extauthz.identity.token_shape import Shape
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -81,7 +82,8 @@ class ClaimMapping(_Strict):
     """
 
     subject: list[str] = Field(default_factory=lambda: ["sub"])
-    consumer: list[str] = Field(default_factory=lambda: ["azp", "client_id", "sub"])
+    # RFC 9068 §2.2: client_id is the client; azp (OIDC) for IdPs that do not send it
+    consumer: list[str] = Field(default_factory=lambda: ["client_id", "azp", "sub"])
     tier: list[str] = Field(default_factory=lambda: ["tier"])
     default_tier: str = "default"
     roles: list[str] = Field(default_factory=lambda: ["roles"])
@@ -135,6 +137,8 @@ class IssuerSettings(_Strict):
 
 class JwtSourceSettings(SourceSettings):
     type: Literal["jwt"]
+    # claim only JWT-shaped bearer tokens, so an introspection source may take the opaque ones
+    shape: Shape = "jwt"
     issuers: list[IssuerSettings] = Field(min_length=1)
     max_token_bytes: int = Field(default=8192, gt=0)
     max_header_bytes: int = Field(default=1024, gt=0)

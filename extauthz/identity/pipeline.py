@@ -1,7 +1,8 @@
 """The identity stage: pick the source whose credential a request carries, verify it.
 
-Sources are tried in config order. A source applies when its route limits match and its
-credential is present; the first such source decides: a credential that fails verification
+Sources are tried in config order. A source applies when its route limits match, its
+credential is present and of a shape the source claims (``shape``: a JWT source takes only
+JWT-shaped tokens by default); the first such source decides: a credential that fails verification
 is a 401 (or 503 for an outage), never a fall-through to a later, maybe weaker, source. No
 credential at all is a 401 unless an ``anonymous`` rule covers the route.
 """
@@ -25,6 +26,7 @@ from sidegate.extauthz.identity.base import (
 )
 from sidegate.extauthz.identity.credentials import cookie_without, locate
 from sidegate.extauthz.identity.registry import build_verifier
+from sidegate.extauthz.identity.token_shape import claims
 
 if TYPE_CHECKING:
     from sidegate.extauthz.identity.settings import IdentitySettings
@@ -157,13 +159,27 @@ class IdentityPipeline:
         return ok
 
     async def authenticate(self, view: RequestView) -> Identity:
+        unclaimed: SourceSettings | None = None
+        pending: str | None = None
         for source, verifier in self.sources:
             if not route_matches(source.routes, view):
                 continue
             credential = _located(source, view)
             if credential is None:
                 continue
+            if unclaimed is not None and credential != pending:
+                # only the credential left unclaimed may still be taken: a second one found
+                # elsewhere in the request must not rescue it (no fall-through)
+                continue
+            if not claims(source.shape, credential):
+                # e.g. an opaque token at a JWT source: a later source may claim it
+                if unclaimed is None:
+                    unclaimed, pending = source, credential
+                continue
             return await self._verify(source, verifier, credential, view)
+        if unclaimed is not None:
+            # A credential was sent but no source takes it: a bad credential, never anonymous.
+            raise self._unclaimed(unclaimed, view)
         if any(route_matches(rule, view) for rule in self.settings.anonymous):
             metrics.VERIFICATIONS.labels(NO_SOURCE, "anonymous", "no_credential").inc()
             return ANONYMOUS_IDENTITY
@@ -218,6 +234,18 @@ class IdentityPipeline:
                 source=source.name,
             )
         return identity
+
+    def _unclaimed(self, source: SourceSettings, view: RequestView) -> AuthnFailure:
+        metrics.VERIFICATIONS.labels(source.name, "rejected", "malformed").inc()
+        reason = f"credential shape is not one this route's sources claim ({source.shape})"
+        log.info(
+            "identity_rejected",
+            source=source.name,
+            code="malformed",
+            reason=reason,
+            request_id=view.request_id,
+        )
+        return reject("malformed", reason, public_reason="invalid token", scheme=source.scheme)
 
     def _challenge_scheme(self, view: RequestView) -> str:
         for source, _ in self.sources:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
+from sidegate.extauthz.identity.token_shape import Shape
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,6 +82,10 @@ class SourceSettings(_Strict):
     # strip this source's credential before the request goes upstream (as identity-wide
     # ``strip_credential``, for this source only)
     hide_credentials: bool = False
+    # which located credentials this source claims: "jwt" (JWT-shaped tokens only, the default
+    # of jwt sources), "opaque" (every other credential) or "any" (the default of the others);
+    # a credential the source does not claim goes on to the next source
+    shape: Shape = "any"
 
     @property
     def locations(self) -> tuple[CredentialLocation, ...]:

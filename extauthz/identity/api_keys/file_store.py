@@ -28,6 +28,12 @@ import yaml
 from pydantic import ValidationError
 
 from sidegate.extauthz.identity import metrics
+from sidegate.extauthz.identity.api_keys.key_file_edit import (
+    edit_key_file,
+    find_entry,
+    new_entry,
+    update_entry,
+)
 from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 from sidegate.extauthz.identity.api_keys.store import KeyStoreError
 
@@ -88,7 +94,9 @@ def _dump(records: Iterable[ApiKeyRecord]) -> str:
 
 
 def write_key_file(path: Path, records: Iterable[ApiKeyRecord]) -> None:
-    """Replace the file atomically (temp file + rename), so a reader never sees half of it."""
+    """Write a whole new file (tests, benchmarks); ``sidegate keys`` edits in place instead.
+
+    Replaces the file atomically (temp file + rename), so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
@@ -159,20 +167,46 @@ class FileKeyStore:
     async def lookup(self, digest: str) -> ApiKeyRecord | None:
         return self._records.get(digest)
 
+    # --- CLI writes: in-place edits that keep the file's comments and layout -------------
+
+    def _validate_written(self, tmp: Path) -> None:
+        try:
+            parse_key_file(tmp)
+        except KeyStoreError as exc:
+            raise KeyStoreError(str(exc).replace(str(tmp), str(self.path))) from None
+
+    async def list_records(self) -> list[ApiKeyRecord]:
+        return list(parse_key_file(self.path).values()) if self.path.exists() else []
+
     async def add(self, record: ApiKeyRecord) -> None:
         records = parse_key_file(self.path) if self.path.exists() else {}
         if record.digest in records:
             raise KeyStoreError(f"{self.path}: a key with this digest already exists")
-        records[record.digest] = record
-        write_key_file(self.path, records.values())
+        entry = new_entry(record)
+        edit_key_file(self.path, lambda keys: keys.append(entry), self._validate_written)
+
+    async def update(self, record: ApiKeyRecord) -> None:
+        """Replace the stored record with the same digest (disable, enable, expire)."""
+
+        def change(keys: Any) -> None:
+            index = find_entry(keys, record.digest)
+            if index is None:
+                raise KeyStoreError(f"{self.path}: no key with key_id={record.digest[:12]}")
+            update_entry(keys[index], record)
+
+        parse_key_file(self.path)  # refuse to edit a file the server would reject
+        edit_key_file(self.path, change, self._validate_written)
 
     async def revoke(self, digest: str) -> bool:
-        if not self.path.exists():
+        if not self.path.exists() or digest not in parse_key_file(self.path):
             return False
-        records = parse_key_file(self.path)
-        if records.pop(digest, None) is None:
-            return False
-        write_key_file(self.path, records.values())
+
+        def change(keys: Any) -> None:
+            index = find_entry(keys, digest)
+            if index is not None:
+                del keys[index]
+
+        edit_key_file(self.path, change, self._validate_written)
         return True
 
     def debug_state(self) -> dict[str, object]:

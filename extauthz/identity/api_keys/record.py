@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +25,8 @@ class ApiKeyRecord(BaseModel):
     expires_at: datetime | None = None
     disabled: bool = False
     description: str = ""
+    # set by ``sidegate keys add``/``rotate``; absent on keys written by hand
+    created_at: datetime | None = None
 
     @field_validator("digest")
     @classmethod
@@ -33,7 +36,22 @@ class ApiKeyRecord(BaseModel):
             raise ValueError("digest must be 64 lower-case hex digits (SHA-256 / HMAC-SHA256)")
         return value
 
-    @field_validator("expires_at")
+    @field_validator("consumer", "tier")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        # they become header values, metadata and rate-limit descriptor values
+        if not value.strip():
+            raise ValueError("must not be empty or whitespace only")
+        return check_printable(value)
+
+    @field_validator("roles", "scopes", "services")
+    @classmethod
+    def _names(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        for value in values:
+            check_printable(value)
+        return values
+
+    @field_validator("expires_at", "created_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
@@ -45,3 +63,11 @@ class ApiKeyRecord(BaseModel):
 
     def allows_service(self, service: str) -> bool:
         return not self.services or service in self.services
+
+
+def check_printable(value: str) -> str:
+    """Refuse control and format characters (newlines, NUL, bidi overrides) in a record field."""
+    for char in value:
+        if unicodedata.category(char) in ("Cc", "Cf"):
+            raise ValueError(f"contains the control character U+{ord(char):04X}")
+    return value

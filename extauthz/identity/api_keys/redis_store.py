@@ -1,7 +1,8 @@
 """API keys in Redis, shared by every sidegate instance: one hash per key digest.
 
 Layout: ``{prefix}{digest}`` → hash with ``consumer``, ``tier``, ``roles``/``scopes``/``services``
-(JSON lists), ``expires_at`` (ISO 8601, optional), ``disabled`` ("0"/"1"), ``description``.
+(JSON lists), ``expires_at``/``created_at`` (ISO 8601, optional), ``disabled`` ("0"/"1"),
+``description``.
 Lookups are one HGETALL by digest. A small local cache (positive ``cache_ttl``, negative
 ``negative_cache_ttl``) keeps Redis off the hot path for repeat callers; a revocation or a new
 key is therefore seen by every instance within those TTLs.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import structlog
@@ -39,9 +41,27 @@ def record_to_hash(record: ApiKeyRecord) -> dict[str, str]:
         fields[name] = json.dumps(list(getattr(record, name)))
     if record.expires_at is not None:
         fields["expires_at"] = record.expires_at.isoformat()
+    if record.created_at is not None:
+        fields["created_at"] = record.created_at.isoformat()
     if record.description:
         fields["description"] = record.description
     return fields
+
+
+def store_label(url: str) -> str:
+    """``redis key store HOST:PORT/DB`` (or the socket path): never the user or password."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            where = parts.path
+        else:
+            host = parts.hostname or "localhost"
+            host = f"[{host}]" if ":" in host else host
+            db = parts.path.strip("/") or "0"
+            where = f"{host}:{parts.port or 6379}/{db}"
+    except ValueError:
+        where = "(unparsable url)"
+    return f"redis key store {where}"
 
 
 def record_from_hash(digest: str, fields: dict[str, str]) -> ApiKeyRecord:
@@ -68,6 +88,7 @@ class RedisKeyStore:
         clock: Clock | None = None,
     ) -> None:
         self.url = url
+        self.label = store_label(url)
         self.prefix = prefix
         self.cache_ttl = cache_ttl
         self.negative_cache_ttl = negative_cache_ttl
@@ -79,6 +100,11 @@ class RedisKeyStore:
 
     def _key(self, digest: str) -> str:
         return f"{self.prefix}{digest}"
+
+    def _unavailable(self, exc: BaseException) -> KeyStoreUnavailable:
+        # the message names the store (host:port/db) and the error class; redis-py's own
+        # text is left out: it may echo the URL it was given
+        return KeyStoreUnavailable(f"{self.label}: {type(exc).__name__}")
 
     @property
     def client(self) -> aioredis.Redis:
@@ -101,7 +127,9 @@ class RedisKeyStore:
         try:
             await self.client.ping()
         except RedisError as exc:
-            log.warning("api key redis unreachable at start", error=type(exc).__name__)
+            log.warning(
+                "api key redis unreachable at start", store=self.label, error=type(exc).__name__
+            )
 
     async def close(self) -> None:
         if self._client is not None:
@@ -118,7 +146,7 @@ class RedisKeyStore:
         try:
             fields = await self.client.hgetall(self._key(digest))
         except (RedisError, OSError) as exc:
-            raise KeyStoreUnavailable(f"redis key store: {type(exc).__name__}") from None
+            raise self._unavailable(exc) from None
         if not fields:
             self._cache.set(digest, _MISSING, self.negative_cache_ttl)
             return None
@@ -137,7 +165,7 @@ class RedisKeyStore:
             async with self.client.pipeline(transaction=True) as pipe:
                 await pipe.watch(key)
                 if await pipe.exists(key):
-                    raise ValueError("a key with this digest already exists")
+                    raise ValueError(f"{self.label}: a key with this digest already exists")
                 pipe.multi()
                 pipe.hset(key, mapping=record_to_hash(record))
                 if record.expires_at is not None:
@@ -145,13 +173,55 @@ class RedisKeyStore:
                     pipe.expireat(key, int(record.expires_at.timestamp()) + 1)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
-            raise KeyStoreUnavailable(f"redis key store: {type(exc).__name__}") from None
+            raise self._unavailable(exc) from None
         self._cache.pop(record.digest)
 
     async def revoke(self, digest: str) -> bool:
         try:
             removed = await self.client.delete(self._key(digest))
         except (RedisError, OSError) as exc:
-            raise KeyStoreUnavailable(f"redis key store: {type(exc).__name__}") from None
+            raise self._unavailable(exc) from None
         self._cache.pop(digest)
         return bool(removed)
+
+    # --- management (the CLI): not on the request path ----------------------------------------
+
+    async def list_records(self) -> list[ApiKeyRecord]:
+        """Every valid record under the prefix (SCAN, so Redis is never blocked by KEYS)."""
+        records: list[ApiKeyRecord] = []
+        try:
+            keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}*", count=500)]
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                answers = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        for key, fields in zip(keys, answers, strict=True):
+            digest = key[len(self.prefix) :]
+            if not fields:
+                continue  # expired between SCAN and HGETALL
+            try:
+                records.append(record_from_hash(digest, fields))
+            except (ValidationError, ValueError):
+                log.warning("api key redis entry invalid", key_id=digest[:12], store=self.label)
+        return records
+
+    async def update(self, record: ApiKeyRecord) -> None:
+        """Replace an existing record (disable, enable, expire); its Redis TTL follows."""
+        key = self._key(record.digest)
+        fields = record_to_hash(record)
+        try:
+            async with self.client.pipeline(transaction=True) as pipe:
+                await pipe.watch(key)
+                if not await pipe.exists(key):
+                    raise ValueError(f"{self.label}: no key with key_id={record.digest[:12]}")
+                pipe.multi()
+                pipe.delete(key)
+                pipe.hset(key, mapping=fields)
+                if record.expires_at is not None:
+                    pipe.expireat(key, int(record.expires_at.timestamp()) + 1)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise self._unavailable(exc) from None
+        self._cache.pop(record.digest)

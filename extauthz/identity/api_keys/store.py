@@ -1,4 +1,5 @@
-"""The key-store contract: look a record up by digest; the CLI also adds and revokes."""
+"""The key-store contract: look a record up by digest; the CLI also lists, adds, updates
+and revokes."""
 
 from __future__ import annotations
 
@@ -26,6 +27,10 @@ class KeyStore(Protocol):
     async def add(self, record: ApiKeyRecord) -> None: ...
 
     async def revoke(self, digest: str) -> bool: ...
+
+    async def update(self, record: ApiKeyRecord) -> None: ...
+
+    async def list_records(self) -> list[ApiKeyRecord]: ...
 
     async def start(self) -> None: ...
 
