@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -48,6 +49,11 @@ log = structlog.get_logger("sidegate.identity")
 
 # a token without kid is tried against at most this many of its issuer's keys
 MAX_KIDLESS_CANDIDATES = 4
+# JSON nesting a header or payload may have: real claims nest a few levels (``realm_access``);
+# a deeper document would only burden the policy input, the logs and the stack (RecursionError)
+MAX_JSON_DEPTH = 32
+# time claims beyond this are not times (year ~292 billion); larger values are refused
+MAX_TIME_VALUE = 2**53
 _ALGORITHMS = pyjwt.algorithms.get_default_algorithms()
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _KID = re.compile(r"^[\x21-\x7e]+$")
@@ -62,21 +68,51 @@ def _fail(code: str, reason: str) -> AuthnFailure:
     return reject(code, reason, public_reason=_PUBLIC.get(code, "invalid token"))
 
 
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 §6): an ``exp`` of NaN would never expire
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit``; iterative, so no stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _b64_json(segment: str, what: str) -> dict[str, Any]:
     if not _B64URL.match(segment):
         raise _fail("malformed", f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
+        # RFC 7519 §7.2: the JOSE header and claims are UTF-8 JSON (no UTF-16/32 sniffing)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError as exc:
+        # the C decoder gives up near the interpreter's recursion limit: a hostile token
+        raise _fail("malformed", f"{what} nests JSON too deeply") from exc
     except (binascii.Error, ValueError) as exc:
+        # ValueError covers invalid UTF-8 and integers with too many digits as well
         raise _fail("malformed", f"{what} is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
         raise _fail("malformed", f"{what} is not a JSON object")
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise _fail("malformed", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # finite and of sane size: 1e999 parses as inf (an ``exp`` that never passes), and an int
+    # of hundreds of digits overflows every float comparison and TTL computed from it
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < MAX_TIME_VALUE and (isinstance(value, int) or math.isfinite(value))
 
 
 def _lookup(claims: dict[str, Any], path: str) -> Any:
@@ -152,6 +188,15 @@ class JwtVerifier:
         self._fetcher = fetcher or JsonFetcher()
         self.issuers: dict[str, _Issuer] = {}
         for issuer in source.issuers:
+            if not issuer.audiences:
+                # RFC 8725 §3.9: without an audience check, a token the same IdP issued for
+                # any other service is accepted here as well
+                log.warning(
+                    "jwt_issuer_without_audiences",
+                    source=source.name,
+                    issuer=issuer.issuer,
+                    hint="set audiences: tokens issued for other services are accepted",
+                )
             keys: KeySet = (
                 StaticKeySet(issuer)
                 if issuer.keys
@@ -216,6 +261,43 @@ class JwtVerifier:
         return self.issuers[claims["iss"]]
 
     async def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            unverified, issuer, alg, kid = self._parse(token)
+        except AuthnFailure:
+            raise
+        except Exception as exc:
+            # whatever a hostile token makes the parser do, it is that token's fault: 401
+            raise _fail("malformed", f"token does not parse ({type(exc).__name__})") from exc
+        keys = await self._keys(issuer, kid, alg)
+        try:
+            if kid is None:
+                # without a kid every key of the right type is a candidate: bound the work
+                keys = keys[:MAX_KIDLESS_CANDIDATES]
+            self._check_signature(token, keys, alg)
+            claims = unverified  # verified from here on
+            self._check_claims(claims, issuer.settings)
+            self._check_times(claims, issuer.settings)
+        except AuthnFailure:
+            raise
+        except Exception as exc:
+            raise _fail("malformed", f"token checks failed ({type(exc).__name__})") from exc
+        return claims
+
+    async def _keys(self, issuer: _Issuer, kid: str | None, alg: str) -> list[VerificationKey]:
+        try:
+            return await issuer.keys.candidates(kid, alg)
+        except KeysUnavailable as exc:
+            # the IdP is down or slow: the caller may be valid, so 503 and no challenge
+            raise reject(
+                "keys_unavailable",
+                str(exc),
+                kind="unavailable",
+                public_reason="identity provider unavailable",
+            ) from exc
+        except UnknownKid as exc:
+            raise _fail("unknown_kid", str(exc)) from exc
+
+    def _parse(self, token: str) -> tuple[dict[str, Any], _Issuer, str, str | None]:
         source = self.source
         if not token:
             raise _fail("malformed", "empty token")
@@ -247,26 +329,7 @@ class JwtVerifier:
             not isinstance(kid, str) or len(kid) > source.max_kid_length or not _KID.match(kid)
         ):
             raise _fail("malformed", "kid is not a short printable string")
-
-        try:
-            keys = await issuer.keys.candidates(kid, alg)
-        except KeysUnavailable as exc:
-            raise reject(
-                "keys_unavailable",
-                str(exc),
-                kind="unavailable",
-                public_reason="identity provider unavailable",
-            ) from exc
-        except UnknownKid as exc:
-            raise _fail("unknown_kid", str(exc)) from exc
-        if kid is None:
-            # without a kid every key of the right type is a candidate: bound the work
-            keys = keys[:MAX_KIDLESS_CANDIDATES]
-        self._check_signature(token, keys, alg)
-        claims = unverified  # verified from here on
-        self._check_claims(claims, issuer.settings)
-        self._check_times(claims, issuer.settings)
-        return claims
+        return unverified, issuer, alg, kid
 
     def _check_signature(self, token: str, keys: list[VerificationKey], alg: str) -> None:
         signing_input, _, signature_b64 = token.rpartition(".")
@@ -282,7 +345,7 @@ class JwtVerifier:
             try:
                 if algorithm.verify(message, algorithm.prepare_key(key.key), signature):
                     return
-            except (ValueError, TypeError, pyjwt.InvalidKeyError):
+            except Exception:
                 # a malformed signature for this key type (e.g. ECDSA of the wrong length)
                 continue
         raise _fail("bad_signature", f"signature did not verify with {len(keys)} key(s)")
