@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 import structlog
 
+from sidegate.extauthz.identity import jwt as jwt_module
 from sidegate.extauthz.identity.base import AuthnFailure, failure_code
-from sidegate.extauthz.identity.jwt import MAX_JSON_DEPTH, JwtVerifier
+from sidegate.extauthz.identity.jwt import JwtVerifier
 from sidegate.extauthz.identity.jwt_settings import JwtSourceSettings
 from tests.identity.conftest import check_request
 from tests.identity.jwt_helpers import (
@@ -94,10 +95,11 @@ async def test_deeply_nested_header_is_malformed_401() -> None:
 
 
 async def test_nesting_just_within_the_limit_is_accepted() -> None:
-    deep = json.loads(nested(MAX_JSON_DEPTH - 1))
+    limit = jwt_module.MAX_JSON_DEPTH
+    deep = json.loads(nested(limit - 1))
     identity = await verifier().verify(signed(claims(x=deep)), None)  # type: ignore[arg-type]
     assert identity.claims["x"] == deep
-    failure = await rejected(signed(claims(x=json.loads(nested(MAX_JSON_DEPTH)))))
+    failure = await rejected(signed(claims(x=json.loads(nested(limit)))))
     assert failure_code(failure) == "malformed"
 
 
@@ -129,8 +131,6 @@ async def test_odd_payload_bytes_are_401(payload: bytes) -> None:
 
 async def test_unexpected_parser_errors_are_401_not_503(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any exception while parsing a token is that token's fault: 401, never the 503 path."""
-    from sidegate.extauthz.identity import jwt as jwt_module
-
     def boom(*_: Any, **__: Any) -> Any:
         raise MemoryError("simulated")
 
