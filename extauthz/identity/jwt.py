@@ -1,12 +1,15 @@
 """Verifying a bearer JWT against the source's trusted issuers (RFC 7519, RFC 8725 checks).
 
-Order of checks, cheapest first: size caps, structure (three base64url segments, JSON
-objects), issuer (selects the key set: each issuer is bound to its own keys), algorithm on
-that issuer's allow-list (the token's ``alg`` only selects among allowed ones), no ``crit``
-(no extension is supported), optional ``typ``, ``kid`` shape; then the signature with a key
-of that issuer whose type fits the algorithm, then ``iss``, ``aud``, required and typed claims,
+Order of checks, cheapest first: size caps, structure (three canonical base64url segments,
+UTF-8 JSON objects nested at most MAX_JSON_DEPTH deep, no NaN/Infinity), issuer (selects the
+key set: each issuer is bound to its own keys), algorithm on that issuer's allow-list (the
+token's ``alg`` only selects among allowed ones), no ``crit`` (no extension is supported), no
+unencoded payload (``b64``), optional ``typ``, ``kid`` shape; then the signature with a key of
+that issuer whose type fits the algorithm, then ``iss``, ``aud``, required and typed claims,
 then time claims against our (injectable) clock with leeway. ``jku``/``x5u``/``jwk``/``x5c``
-headers are never read: keys come from configuration only.
+headers are never read: keys come from configuration only. Whatever a token makes this code
+do (any exception while parsing or checking it) is a 401 for that token; only the key lookup
+may answer 503 (the IdP is down or slow).
 
 PyJWT supplies the signature algorithms (constant-time HMAC compare, ECDSA raw-to-DER, key
 preparation that refuses PEM/SSH text as an HMAC secret). Parsing and claim checks are done
@@ -87,17 +90,32 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def _b64_json(segment: str, what: str) -> dict[str, Any]:
+def _b64decode(segment: str, what: str) -> bytes:
+    """Strict base64url (RFC 7515 §2): URL alphabet, no padding, canonical trailing bits.
+
+    Canonical, because otherwise one signature has several spellings (a malleable token that
+    a replay cache or a deny list keyed on the token would miss).
+    """
     if not _B64URL.match(segment):
         raise _fail("malformed", f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except binascii.Error as exc:
+        raise _fail("malformed", f"{what} is not base64url") from exc
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise _fail("malformed", f"{what} is not canonical base64url")
+    return raw
+
+
+def _b64_json(segment: str, what: str) -> dict[str, Any]:
+    raw = _b64decode(segment, what)
+    try:
         # RFC 7519 §7.2: the JOSE header and claims are UTF-8 JSON (no UTF-16/32 sniffing)
         value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
     except RecursionError as exc:
         # the C decoder gives up near the interpreter's recursion limit: a hostile token
         raise _fail("malformed", f"{what} nests JSON too deeply") from exc
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         # ValueError covers invalid UTF-8 and integers with too many digits as well
         raise _fail("malformed", f"{what} is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
@@ -320,12 +338,16 @@ class JwtVerifier:
             raise _fail("alg_not_allowed", f"alg {str(alg)[:20]!r} not allowed for {iss!r}")
         if "crit" in header:
             raise _fail("crit_unsupported", "token has critical header extensions")
+        if header.get("b64", True) is not True:
+            # RFC 7797 unencoded payload: the signer meant other bytes than the ones we check
+            raise _fail("malformed", "unencoded payload (b64) is not supported")
         if issuer.typ is not None:
             typ = header.get("typ")
             if not isinstance(typ, str) or typ.lower().removeprefix("application/") != issuer.typ:
                 raise _fail("bad_typ", f"typ {str(typ)[:40]!r} is not {issuer.settings.typ!r}")
         kid = header.get("kid")
-        if kid is not None and (
+        # present means a string: ``"kid": null`` is not "no kid" (try every key) but malformed
+        if "kid" in header and (
             not isinstance(kid, str) or len(kid) > source.max_kid_length or not _KID.match(kid)
         ):
             raise _fail("malformed", "kid is not a short printable string")
@@ -333,12 +355,7 @@ class JwtVerifier:
 
     def _check_signature(self, token: str, keys: list[VerificationKey], alg: str) -> None:
         signing_input, _, signature_b64 = token.rpartition(".")
-        if not _B64URL.match(signature_b64):
-            raise _fail("malformed", "signature is not base64url")
-        try:
-            signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
-        except binascii.Error as exc:
-            raise _fail("malformed", "signature is not base64url") from exc
+        signature = _b64decode(signature_b64, "signature")
         algorithm = _ALGORITHMS[alg]
         message = signing_input.encode("ascii")
         for key in keys:
