@@ -131,6 +131,7 @@ async def test_odd_payload_bytes_are_401(payload: bytes) -> None:
 
 async def test_unexpected_parser_errors_are_401_not_503(monkeypatch: pytest.MonkeyPatch) -> None:
     """Any exception while parsing a token is that token's fault: 401, never the 503 path."""
+
     def boom(*_: Any, **__: Any) -> Any:
         raise MemoryError("simulated")
 
