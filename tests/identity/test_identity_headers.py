@@ -185,3 +185,37 @@ def test_issuer_without_audiences_warns_at_load() -> None:
     warnings = [e for e in logs if e["event"] == "jwt_issuer_without_audiences"]
     assert [w["issuer"] for w in warnings] == ["https://a.example"]
     assert warnings[0]["log_level"] == "warning"
+
+
+# --- the Redis key store and the call's deadline ------------------------------------------------
+
+
+async def test_redis_key_lookup_waits_only_the_calls_remaining_time() -> None:
+    import asyncio
+
+    from sidegate.common import deadline
+    from sidegate.extauthz.identity.api_keys.redis_store import RedisKeyStore
+    from sidegate.extauthz.identity.api_keys.store import KeyStoreUnavailable
+
+    class HangingRedis:
+        """Stands in for a Redis that accepted the connection and never answers."""
+
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+
+        async def hgetall(self, key: str) -> dict[str, str]:
+            await self.release.wait()
+            return {}
+
+    # the socket timeout is long: only the gRPC call's deadline can end the wait in time
+    store = RedisKeyStore("redis://127.0.0.1:1/0", timeout=30.0)
+    hanging = HangingRedis()
+    store._client = hanging  # type: ignore[assignment]
+    call = deadline.start_call(0.1)
+    try:
+        with pytest.raises(KeyStoreUnavailable, match="call's time"):
+            await asyncio.wait_for(store.lookup("a" * 64), 20.0)
+    finally:
+        deadline.end_call(call)
+        hanging.release.set()
+        store._client = None
