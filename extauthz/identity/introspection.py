@@ -204,12 +204,12 @@ class IntrospectionVerifier:
             ) from None
 
     async def _introspect(self, token: str, key: str) -> object:
-        if self._in_flight >= self.settings.max_concurrent:
+        # beyond the pool's connections aiohttp would queue the call: cap there as well
+        limit = min(self.settings.max_concurrent, self.settings.max_connections)
+        if self._in_flight >= limit:
             metrics.INTROSPECTION_FAILURES.labels(self.endpoint, "overloaded").inc()
             raise self._unavailable(
-                "overloaded",
-                f"{self._in_flight} introspection calls in flight "
-                f"(max_concurrent {self.settings.max_concurrent})",
+                "overloaded", f"{self._in_flight} introspection calls in flight (limit {limit})"
             )
         if not self.breaker.allow():
             metrics.INTROSPECTION_FAILURES.labels(self.endpoint, "circuit_open").inc()
