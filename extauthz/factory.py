@@ -39,7 +39,8 @@ def build_authenticator(settings: AuthzSettings) -> Authenticator:
     """
     if settings.identity.configured:
         return IdentityPipeline(settings.identity)
-    return AnonymousAuthenticator()
+    # no source, yet client-sent copies of the identity headers must never reach upstream
+    return AnonymousAuthenticator(settings.identity.upstream_headers)
 
 
 def build_grpc_bodies(settings: AuthzSettings) -> ProtosetSource | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sidegate.extauthz.identity.settings import IdentitySettings
 
@@ -115,3 +115,21 @@ class AuthzSettings(_Strict):
     enabled: bool = True
     policy: PolicySettings = Field(default_factory=dict)  # type: ignore[arg-type]
     identity: IdentitySettings = Field(default_factory=dict)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _mask_identity_credentials(self) -> AuthzSettings:
+        """The decision log masks every credential location the identity sources read (custom
+        headers, cookies, query parameters), not only its own default list."""
+        log = self.policy.decision_log
+        headers = list(dict.fromkeys([*log.sensitive_headers, *self.identity.credential_headers()]))
+        params = list(
+            dict.fromkeys([*log.sensitive_query_params, *self.identity.credential_query_params()])
+        )
+        if headers != log.sensitive_headers or params != log.sensitive_query_params:
+            merged = log.model_copy(
+                update={"sensitive_headers": headers, "sensitive_query_params": params}
+            )
+            # frozen models: this is still validation, before anyone sees the instance
+            policy = self.policy.model_copy(update={"decision_log": merged})
+            object.__setattr__(self, "policy", policy)
+        return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -95,13 +96,24 @@ class Authenticator(Protocol):
 
 
 class AnonymousAuthenticator:
-    """The foundation's authenticator: every caller is anonymous; the policy decides."""
+    """Used when no identity source is configured: every caller is anonymous; the policy decides.
+
+    The identity headers named in ``upstream_headers`` are still removed from every request: no
+    verified identity stands behind them, so a client-sent ``x-user-id`` must not reach the
+    upstream as if sidegate had set it.
+    """
+
+    # a class default too: subclasses (test doubles) that skip __init__ still strip nothing
+    strip_headers: tuple[str, ...] = ()
+
+    def __init__(self, strip_headers: Iterable[str] = ()) -> None:
+        self.strip_headers = tuple(dict.fromkeys(name.lower() for name in strip_headers))
 
     async def authenticate(self, view: RequestView) -> Identity:
         return ANONYMOUS_IDENTITY
 
     def upstream_mutations(self, identity: Identity, view: RequestView) -> UpstreamMutations:
-        return UpstreamMutations()
+        return UpstreamMutations(headers_to_remove=list(self.strip_headers))
 
     async def start(self) -> None:
         return None

@@ -25,7 +25,8 @@ def credential_key(credential: str, *, namespace: str = "") -> str:
     if namespace:
         digest.update(namespace.encode())
         digest.update(b"\x00")
-    digest.update(credential.encode("utf-8", "surrogateescape"))
+    # surrogatepass: a lone surrogate (not valid UTF-8) must hash, not raise
+    digest.update(credential.encode("utf-8", "surrogatepass"))
     return digest.hexdigest()
 
 

@@ -3,12 +3,15 @@
 The authorization server says whether an opaque token is active; sidegate then checks the
 claims itself (exp/nbf, optional iss/aud/scopes, no refresh tokens). Answers are cached by
 SHA-256(token) + endpoint: active ones for min(max_ttl, exp - now), inactive ones briefly,
-errors never. Concurrent misses for one token share one call, and a circuit breaker stops
-calling an endpoint that keeps failing. Outages are 503s (``kind="unavailable"``), not 401s.
+errors never. Concurrent misses for one token share one call, at most ``max_concurrent`` calls
+are in flight (beyond: 503 at once, no queue), each caller waits no longer than its Check's
+remaining time, and a circuit breaker stops calling an endpoint that keeps failing (5xx,
+timeouts, connection errors; not 4xx). Outages are 503s (``kind="unavailable"``), not 401s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,6 +23,7 @@ from urllib.parse import quote_plus, urlsplit, urlunsplit
 import aiohttp
 import structlog
 
+from sidegate.common import deadline
 from sidegate.common.cache import TTLCache
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.extauthz.identity import metrics
@@ -34,6 +38,8 @@ log = structlog.get_logger("sidegate.identity.introspection")
 METHOD = "introspection"
 MAX_RESPONSE_BYTES = 256 * 1024
 _INACTIVE = object()
+# a waiter's own bound sits this much past the call's timeout, so the call reports first
+WAIT_GRACE_S = 0.5
 
 
 class IntrospectionConfigError(AuthzConfigError, ValueError):
@@ -41,11 +47,21 @@ class IntrospectionConfigError(AuthzConfigError, ValueError):
 
 
 class IntrospectionOutage(Exception):
-    """The server gave no usable answer; ``cause`` is a fixed word for metrics and logs."""
+    """The server gave no usable answer; ``cause`` is a fixed word for metrics and logs.
 
-    def __init__(self, cause: str, detail: str) -> None:
+    ``counts`` says whether it is evidence the endpoint is down (5xx, timeout, connection
+    error) and so feeds the circuit breaker. A 4xx is not: a garbage token or one client's
+    odd request must not open the breaker for every caller.
+    """
+
+    def __init__(self, cause: str, detail: str, *, counts: bool = True) -> None:
         super().__init__(detail)
         self.cause = cause
+        self.counts = counts
+
+
+class TokenRefused(Exception):
+    """The server answered 400 to this token (instead of ``active: false``): a bad token."""
 
 
 def endpoint_label(url: str) -> str:
@@ -119,6 +135,7 @@ class IntrospectionVerifier:
             clock=monotonic,
         )
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight = 0
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -154,11 +171,15 @@ class IntrospectionVerifier:
         token = credential.strip()
         if not token:
             raise self._invalid("empty", "empty token")
+        if len(token) > self.settings.max_token_bytes:
+            raise self._invalid(
+                "too_large", f"token of {len(token)} bytes > {self.settings.max_token_bytes}"
+            )
         key = credential_key(token, namespace=self.endpoint)
         answer = self._cache.get(key)
         if answer is None:
             metrics.INTROSPECTION_CACHE.labels(self.endpoint, "miss").inc()
-            answer = await self._flight.run(key, lambda: self._introspect(token, key))
+            answer = await self._await_answer(token, key)
         else:
             result = "negative_hit" if answer is _INACTIVE else "hit"
             metrics.INTROSPECTION_CACHE.labels(self.endpoint, result).inc()
@@ -167,7 +188,32 @@ class IntrospectionVerifier:
         assert isinstance(answer, dict)
         return self._identity(answer)
 
+    async def _await_answer(self, token: str, key: str) -> object:
+        """The shared call's answer, waited for no longer than this Check may still wait.
+
+        The call itself keeps its own timeout (other callers of the same token share it);
+        ``SingleFlight`` shields it, so giving up here does not cancel it.
+        """
+        try:
+            # outside a deadline, the call's own timeout ends the wait (its cause is then known)
+            timeout = deadline.bound(self.settings.timeout + WAIT_GRACE_S)
+            return await asyncio.wait_for(
+                self._flight.run(key, lambda: self._introspect(token, key)), timeout
+            )
+        except (TimeoutError, deadline.DeadlineExceeded):
+            metrics.INTROSPECTION_FAILURES.labels(self.endpoint, "deadline").inc()
+            raise self._unavailable(
+                "deadline", "introspection did not answer within the call's remaining time"
+            ) from None
+
     async def _introspect(self, token: str, key: str) -> object:
+        # beyond the pool's connections aiohttp would queue the call: cap there as well
+        limit = min(self.settings.max_concurrent, self.settings.max_connections)
+        if self._in_flight >= limit:
+            metrics.INTROSPECTION_FAILURES.labels(self.endpoint, "overloaded").inc()
+            raise self._unavailable(
+                "overloaded", f"{self._in_flight} introspection calls in flight (limit {limit})"
+            )
         if not self.breaker.allow():
             metrics.INTROSPECTION_FAILURES.labels(self.endpoint, "circuit_open").inc()
             raise self._unavailable(
@@ -176,10 +222,21 @@ class IntrospectionVerifier:
                 f"(retry in {self.breaker.retry_after:.1f}s)",
             )
         started = time.perf_counter()
+        self._in_flight += 1
         try:
             claims = await self._call(token)
+        except TokenRefused:
+            # the server is up and answered: that is no failure of the endpoint
+            self.breaker.record_success()
+            metrics.INTROSPECTION_REQUESTS.labels(self.endpoint, "refused").inc()
+            raise self._invalid(
+                "refused", "introspection endpoint refused the token (400)"
+            ) from None
         except IntrospectionOutage as outage:
-            self.breaker.record_failure()
+            if outage.counts:
+                self.breaker.record_failure()
+            else:
+                self.breaker.abandon()
             metrics.INTROSPECTION_REQUESTS.labels(self.endpoint, "error").inc()
             metrics.INTROSPECTION_FAILURES.labels(self.endpoint, outage.cause).inc()
             log.warning(
@@ -187,6 +244,7 @@ class IntrospectionVerifier:
                 endpoint=self.endpoint,
                 cause=outage.cause,
                 detail=str(outage),
+                breaker_counted=outage.counts,
             )
             raise self._unavailable(
                 outage.cause, f"introspection {outage.cause}: {outage}"
@@ -195,6 +253,7 @@ class IntrospectionVerifier:
             self.breaker.abandon()
             raise
         finally:
+            self._in_flight -= 1
             metrics.INTROSPECTION_SECONDS.labels(self.endpoint).observe(
                 time.perf_counter() - started
             )
@@ -225,7 +284,11 @@ class IntrospectionVerifier:
             self._session = self._open_session()
         try:
             async with self._session.post(
-                self.settings.endpoint, data=form, headers=self._headers
+                self.settings.endpoint,
+                data=form,
+                headers=self._headers,
+                # the form carries the token (and maybe the secret): never resend it elsewhere
+                allow_redirects=False,
             ) as resp:
                 status = resp.status
                 body = await _read_bounded(resp) if status == 200 else b""
@@ -235,6 +298,12 @@ class IntrospectionVerifier:
             ) from None
         except aiohttp.ClientError as exc:
             raise IntrospectionOutage("connection", type(exc).__name__) from None
+        if status == 400:
+            raise TokenRefused()
+        if 400 < status < 500:
+            # 401/403/404/429...: our client credentials, endpoint or rate; no sign the server
+            # is down, so a 503 for this request but nothing toward the breaker
+            raise IntrospectionOutage("status_4xx", f"HTTP {status}", counts=False)
         if status != 200:
             raise IntrospectionOutage("status", f"HTTP {status}")
         try:

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from sidegate.extauthz.identity.base import DEFAULT_TIER
+from sidegate.extauthz.identity.fetch import check_url
 from sidegate.extauthz.identity.source import SourceSettings, _Strict
 
 
@@ -34,6 +35,11 @@ class IntrospectionSourceSettings(SourceSettings):
     timeout: float = Field(default=2.0, gt=0)
     connect_timeout: float = Field(default=1.0, gt=0)
     max_connections: int = Field(default=100, ge=1)
+    # introspection calls in flight at once (distinct tokens); beyond it a request gets 503 at
+    # once instead of queueing: a flood of random tokens must not build an unbounded backlog
+    max_concurrent: int = Field(default=64, ge=1)
+    # longer credentials are refused (401) without a call, as for JWTs
+    max_token_bytes: int = Field(default=8192, gt=0)
     cache: IntrospectionCacheSettings = Field(default_factory=IntrospectionCacheSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     # checks sidegate makes itself on an active token
@@ -48,6 +54,13 @@ class IntrospectionSourceSettings(SourceSettings):
     tier_claim: str | None = None
     default_tier: str = DEFAULT_TIER
     roles_claim: str | None = None
+
+    @field_validator("endpoint")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        # the client secret and every token go to it: https, or http only to loopback
+        check_url(value)
+        return value
 
     @field_validator("subject_claims")
     @classmethod

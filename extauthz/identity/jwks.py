@@ -4,7 +4,9 @@ Remote keys (OIDC discovery or a JWKS URL) are fetched in the background at star
 after a TTL while the old keys keep serving, and refetched on an unknown ``kid`` at most once
 per cooldown, single-flight. Unknown kids are negatively cached until the next allowed refetch.
 A failed refresh keeps the last good keys; with no keys at all, lookups raise KeysUnavailable
-(the caller answers 503, not 401).
+(the caller answers 503, not 401). An unknown kid is UnknownKid (401) only when the JWKS was
+fetched successfully and lacks it; while the endpoint fails (or the wait for it ran out of the
+call's time) it is KeysUnavailable too: the token may carry a new key we cannot see yet.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from sidegate.common import deadline
 from sidegate.common.cache import TTLCache
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.extauthz.identity import metrics
@@ -32,16 +35,18 @@ log = structlog.get_logger("sidegate.identity")
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 MIN_RSA_BITS = 2048
+# a waiter's own bound sits this much past the fetch's timeouts, so the fetch reports first
+WAIT_GRACE_S = 0.5
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 _KID_SAFE = re.compile(r"^[\x21-\x7e]*$")
 
 
 class KeysUnavailable(Exception):
-    """No keys for this issuer could be obtained yet (IdP down since start-up)."""
+    """The keys needed cannot be obtained now (IdP down, slow, or never reached): a 503."""
 
 
 class UnknownKid(Exception):
-    """No key of this issuer has the token's kid (after any allowed refetch)."""
+    """A successfully fetched key set has no key with the token's kid: a 401."""
 
 
 class KeyConfigError(AuthzConfigError, ValueError):
@@ -248,7 +253,7 @@ class RemoteKeySet:
         now = self._clock()
         if not self._loaded:
             if self._flight.in_flight("jwks") or self._may_fetch(now, unknown_kid=False):
-                await self.refresh("startup")
+                await self._wait_for_refresh("startup")
             if not self._loaded:
                 raise KeysUnavailable(f"no keys for issuer {self.issuer!r} yet")
         elif self._due_for_ttl(now):
@@ -257,19 +262,41 @@ class RemoteKeySet:
         if found:
             return found
         neg_key = kid or ""
-        if self._unknown.get(neg_key):
+        if not self._last_failed and self._unknown.get(neg_key):
             raise UnknownKid(f"kid {kid!r} unknown (negatively cached)")
         if self._flight.in_flight("jwks") or self._may_fetch(now, unknown_kid=True):
-            await self.refresh("unknown_kid")
+            await self._wait_for_refresh("unknown_kid")
             found = _select(self._keys, kid, alg)
             if found:
                 return found
+        if self._last_failed:
+            # the kid may be a new key of an IdP we cannot reach: an outage, not a bad token
+            raise KeysUnavailable(
+                f"kid {kid!r} not in the cached JWKS of {self.issuer!r} and the last fetch failed"
+            )
         self._remember_unknown(neg_key)
         raise UnknownKid(f"kid {kid!r} not in the JWKS of {self.issuer!r}")
 
     async def refresh(self, trigger: str) -> bool:
         """Fetch now (joining a fetch already in flight); True when keys were installed."""
         return await self._flight.run("jwks", lambda: self._fetch(trigger))
+
+    async def _wait_for_refresh(self, trigger: str) -> None:
+        """Refresh on the request path: this caller waits only its own remaining time.
+
+        The shared fetch keeps its own timeout (other callers, later ones, may still use it);
+        ``SingleFlight`` shields it, so giving up here does not cancel it.
+        """
+        fetches = 2 if self._discovery_url is not None else 1
+        try:
+            # outside a deadline the fetch's own timeouts end the wait (and say why)
+            timeout = deadline.bound(self.settings.timeout_seconds * fetches + WAIT_GRACE_S)
+            await asyncio.wait_for(self.refresh(trigger), timeout)
+        except (TimeoutError, deadline.DeadlineExceeded) as exc:
+            metrics.JWKS_WAITS_ABANDONED.inc()
+            raise KeysUnavailable(
+                f"JWKS of {self.issuer!r} not fetched within the call's time"
+            ) from exc
 
     def _spawn(self, trigger: str) -> None:
         if self._flight.in_flight("jwks"):

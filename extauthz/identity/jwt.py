@@ -1,12 +1,15 @@
 """Verifying a bearer JWT against the source's trusted issuers (RFC 7519, RFC 8725 checks).
 
-Order of checks, cheapest first: size caps, structure (three base64url segments, JSON
-objects), issuer (selects the key set: each issuer is bound to its own keys), algorithm on
-that issuer's allow-list (the token's ``alg`` only selects among allowed ones), no ``crit``
-(no extension is supported), optional ``typ``, ``kid`` shape; then the signature with a key
-of that issuer whose type fits the algorithm, then ``iss``, ``aud``, required and typed claims,
+Order of checks, cheapest first: size caps, structure (three canonical base64url segments,
+UTF-8 JSON objects nested at most MAX_JSON_DEPTH deep, no NaN/Infinity), issuer (selects the
+key set: each issuer is bound to its own keys), algorithm on that issuer's allow-list (the
+token's ``alg`` only selects among allowed ones), no ``crit`` (no extension is supported), no
+unencoded payload (``b64``), optional ``typ``, ``kid`` shape; then the signature with a key of
+that issuer whose type fits the algorithm, then ``iss``, ``aud``, required and typed claims,
 then time claims against our (injectable) clock with leeway. ``jku``/``x5u``/``jwk``/``x5c``
-headers are never read: keys come from configuration only.
+headers are never read: keys come from configuration only. Whatever a token makes this code
+do (any exception while parsing or checking it) is a 401 for that token; only the key lookup
+may answer 503 (the IdP is down or slow).
 
 PyJWT supplies the signature algorithms (constant-time HMAC compare, ECDSA raw-to-DER, key
 preparation that refuses PEM/SSH text as an HMAC secret). Parsing and claim checks are done
@@ -19,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -48,6 +52,11 @@ log = structlog.get_logger("sidegate.identity")
 
 # a token without kid is tried against at most this many of its issuer's keys
 MAX_KIDLESS_CANDIDATES = 4
+# JSON nesting a header or payload may have: real claims nest a few levels (``realm_access``);
+# a deeper document would only burden the policy input, the logs and the stack (RecursionError)
+MAX_JSON_DEPTH = 32
+# time claims beyond this are not times (year ~292 billion); larger values are refused
+MAX_TIME_VALUE = 2**53
 _ALGORITHMS = pyjwt.algorithms.get_default_algorithms()
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 _KID = re.compile(r"^[\x21-\x7e]+$")
@@ -62,21 +71,66 @@ def _fail(code: str, reason: str) -> AuthnFailure:
     return reject(code, reason, public_reason=_PUBLIC.get(code, "invalid token"))
 
 
-def _b64_json(segment: str, what: str) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON (RFC 8259 §6): an ``exp`` of NaN would never expire
+    raise ValueError(f"{name} is not JSON")
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests containers deeper than ``limit``; iterative, so no stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _b64decode(segment: str, what: str) -> bytes:
+    """Strict base64url (RFC 7515 §2): URL alphabet, no padding, canonical trailing bits.
+
+    Canonical, because otherwise one signature has several spellings (a malleable token that
+    a replay cache or a deny list keyed on the token would miss).
+    """
     if not _B64URL.match(segment):
         raise _fail("malformed", f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-        value = json.loads(raw)
-    except (binascii.Error, ValueError) as exc:
+    except binascii.Error as exc:
+        raise _fail("malformed", f"{what} is not base64url") from exc
+    if base64.urlsafe_b64encode(raw).rstrip(b"=") != segment.encode("ascii"):
+        raise _fail("malformed", f"{what} is not canonical base64url")
+    return raw
+
+
+def _b64_json(segment: str, what: str) -> dict[str, Any]:
+    raw = _b64decode(segment, what)
+    try:
+        # RFC 7519 §7.2: the JOSE header and claims are UTF-8 JSON (no UTF-16/32 sniffing)
+        value = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except RecursionError as exc:
+        # the C decoder gives up near the interpreter's recursion limit: a hostile token
+        raise _fail("malformed", f"{what} nests JSON too deeply") from exc
+    except ValueError as exc:
+        # ValueError covers invalid UTF-8 and integers with too many digits as well
         raise _fail("malformed", f"{what} is not base64url-encoded JSON") from exc
     if not isinstance(value, dict):
         raise _fail("malformed", f"{what} is not a JSON object")
+    if _too_deep(value, MAX_JSON_DEPTH):
+        raise _fail("malformed", f"{what} nests JSON deeper than {MAX_JSON_DEPTH} levels")
     return value
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    # finite and of sane size: 1e999 parses as inf (an ``exp`` that never passes), and an int
+    # of hundreds of digits overflows every float comparison and TTL computed from it
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return abs(value) < MAX_TIME_VALUE and (isinstance(value, int) or math.isfinite(value))
 
 
 def _lookup(claims: dict[str, Any], path: str) -> Any:
@@ -152,6 +206,15 @@ class JwtVerifier:
         self._fetcher = fetcher or JsonFetcher()
         self.issuers: dict[str, _Issuer] = {}
         for issuer in source.issuers:
+            if not issuer.audiences:
+                # RFC 8725 §3.9: without an audience check, a token the same IdP issued for
+                # any other service is accepted here as well
+                log.warning(
+                    "jwt_issuer_without_audiences",
+                    source=source.name,
+                    issuer=issuer.issuer,
+                    hint="set audiences: tokens issued for other services are accepted",
+                )
             keys: KeySet = (
                 StaticKeySet(issuer)
                 if issuer.keys
@@ -224,6 +287,43 @@ class JwtVerifier:
         return self.issuers[claims["iss"]]
 
     async def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            unverified, issuer, alg, kid = self._parse(token)
+        except AuthnFailure:
+            raise
+        except Exception as exc:
+            # whatever a hostile token makes the parser do, it is that token's fault: 401
+            raise _fail("malformed", f"token does not parse ({type(exc).__name__})") from exc
+        keys = await self._keys(issuer, kid, alg)
+        try:
+            if kid is None:
+                # without a kid every key of the right type is a candidate: bound the work
+                keys = keys[:MAX_KIDLESS_CANDIDATES]
+            self._check_signature(token, keys, alg)
+            claims = unverified  # verified from here on
+            self._check_claims(claims, issuer.settings)
+            self._check_times(claims, issuer.settings)
+        except AuthnFailure:
+            raise
+        except Exception as exc:
+            raise _fail("malformed", f"token checks failed ({type(exc).__name__})") from exc
+        return claims
+
+    async def _keys(self, issuer: _Issuer, kid: str | None, alg: str) -> list[VerificationKey]:
+        try:
+            return await issuer.keys.candidates(kid, alg)
+        except KeysUnavailable as exc:
+            # the IdP is down or slow: the caller may be valid, so 503 and no challenge
+            raise reject(
+                "keys_unavailable",
+                str(exc),
+                kind="unavailable",
+                public_reason="identity provider unavailable",
+            ) from exc
+        except UnknownKid as exc:
+            raise _fail("unknown_kid", str(exc)) from exc
+
+    def _parse(self, token: str) -> tuple[dict[str, Any], _Issuer, str, str | None]:
         source = self.source
         if not token:
             raise _fail("malformed", "empty token")
@@ -246,51 +346,31 @@ class JwtVerifier:
             raise _fail("alg_not_allowed", f"alg {str(alg)[:20]!r} not allowed for {iss!r}")
         if "crit" in header:
             raise _fail("crit_unsupported", "token has critical header extensions")
+        if header.get("b64", True) is not True:
+            # RFC 7797 unencoded payload: the signer meant other bytes than the ones we check
+            raise _fail("malformed", "unencoded payload (b64) is not supported")
         if issuer.typ is not None:
             typ = header.get("typ")
             if not isinstance(typ, str) or typ.lower().removeprefix("application/") != issuer.typ:
                 raise _fail("bad_typ", f"typ {str(typ)[:40]!r} is not {issuer.settings.typ!r}")
         kid = header.get("kid")
-        if kid is not None and (
+        # present means a string: ``"kid": null`` is not "no kid" (try every key) but malformed
+        if "kid" in header and (
             not isinstance(kid, str) or len(kid) > source.max_kid_length or not _KID.match(kid)
         ):
             raise _fail("malformed", "kid is not a short printable string")
-
-        try:
-            keys = await issuer.keys.candidates(kid, alg)
-        except KeysUnavailable as exc:
-            raise reject(
-                "keys_unavailable",
-                str(exc),
-                kind="unavailable",
-                public_reason="identity provider unavailable",
-            ) from exc
-        except UnknownKid as exc:
-            raise _fail("unknown_kid", str(exc)) from exc
-        if kid is None:
-            # without a kid every key of the right type is a candidate: bound the work
-            keys = keys[:MAX_KIDLESS_CANDIDATES]
-        self._check_signature(token, keys, alg)
-        claims = unverified  # verified from here on
-        self._check_claims(claims, issuer.settings)
-        self._check_times(claims, issuer.settings)
-        return claims
+        return unverified, issuer, alg, kid
 
     def _check_signature(self, token: str, keys: list[VerificationKey], alg: str) -> None:
         signing_input, _, signature_b64 = token.rpartition(".")
-        if not _B64URL.match(signature_b64):
-            raise _fail("malformed", "signature is not base64url")
-        try:
-            signature = base64.urlsafe_b64decode(signature_b64 + "=" * (-len(signature_b64) % 4))
-        except binascii.Error as exc:
-            raise _fail("malformed", "signature is not base64url") from exc
+        signature = _b64decode(signature_b64, "signature")
         algorithm = _ALGORITHMS[alg]
         message = signing_input.encode("ascii")
         for key in keys:
             try:
                 if algorithm.verify(message, algorithm.prepare_key(key.key), signature):
                     return
-            except (ValueError, TypeError, pyjwt.InvalidKeyError):
+            except Exception:
                 # a malformed signature for this key type (e.g. ECDSA of the wrong length)
                 continue
         raise _fail("bad_signature", f"signature did not verify with {len(keys)} key(s)")

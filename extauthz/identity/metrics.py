@@ -21,6 +21,10 @@ JWKS_STALE_SERVED = Counter(
     "sidegate_identity_jwks_stale_total",
     "Refreshes that failed while the last good keys kept serving",
 )
+JWKS_WAITS_ABANDONED = Counter(
+    "sidegate_identity_jwks_waits_abandoned_total",
+    "Requests that stopped waiting for a JWKS fetch at their deadline (answered 503)",
+)
 CACHE_LOOKUPS = Counter(
     "sidegate_identity_cache_lookups_total",
     "Verified-credential cache lookups by cache and result (hit, miss)",
@@ -47,13 +51,13 @@ API_KEY_RELOADS = Counter(
 )
 INTROSPECTION_REQUESTS = Counter(
     "sidegate_identity_introspection_requests_total",
-    "Introspection calls to the authorization server by result (active, inactive, error)",
+    "Introspection calls to the authorization server by result (active, inactive, refused, error)",
     ["endpoint", "result"],
 )
 INTROSPECTION_FAILURES = Counter(
     "sidegate_identity_introspection_failures_total",
-    "Introspection outages by cause (status, not_json, bad_response, timeout, connection, "
-    "circuit_open)",
+    "Introspection outages by cause (status, status_4xx, not_json, bad_response, timeout, "
+    "connection, circuit_open, overloaded, deadline)",
     ["endpoint", "cause"],
 )
 INTROSPECTION_SECONDS = Histogram(

@@ -68,5 +68,28 @@ class IdentitySettings(_Strict):
     def configured(self) -> bool:
         return bool(self.sources)
 
+    def credential_headers(self) -> list[str]:
+        """Every header a source reads a credential from (``cookie`` for cookie credentials):
+        the decision log masks these on top of its own list."""
+        names: dict[str, None] = {}
+        for source in self.sources:
+            for location in source.locations:
+                if location.header_name:
+                    names[location.header_name] = None
+                elif location.cookie:
+                    names["cookie"] = None
+        return list(names)
+
+    def credential_query_params(self) -> list[str]:
+        """Every query parameter a source reads a credential from (masked in the decision log)."""
+        return list(
+            dict.fromkeys(
+                location.query
+                for source in self.sources
+                for location in source.locations
+                if location.query
+            )
+        )
+
 
 __all__ = ["IdentitySettings", "IdentitySource", "RouteLimits", "SourceSettings"]

@@ -20,7 +20,9 @@ from authlib.oauth2.rfc6749 import AuthorizationServer, ClientMixin, OAuth2Reque
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
-Mode = Literal["ok", "error500", "timeout", "not_json", "no_active", "huge"]
+Mode = Literal[
+    "ok", "error500", "error400", "error401", "timeout", "not_json", "no_active", "huge"
+]
 
 CLIENT_ID = "sidegate"
 CLIENT_SECRET = "introspection-client-s3cret"  # a test fixture value, not a real secret
@@ -202,6 +204,10 @@ class IntrospectionServer:
             await asyncio.sleep(self.delay)
         if self.mode == "error500":
             return web.Response(status=500, text="internal error")
+        if self.mode == "error400":
+            return web.json_response({"error": "invalid_request"}, status=400)
+        if self.mode == "error401":
+            return web.json_response({"error": "invalid_client"}, status=401)
         if self.mode == "timeout":
             await asyncio.sleep(self.timeout_sleep)
         if self.mode == "not_json":

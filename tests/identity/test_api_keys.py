@@ -208,9 +208,12 @@ async def test_not_yet_expired_key_is_accepted() -> None:
     assert identity.claims["exp"] == int(NOW + 60)
 
 
-async def test_allowed_services_match_context_extension_then_host() -> None:
+async def test_allowed_services_match_context_extension_then_host_when_configured() -> None:
     key = new_key()
-    v = verifier(MemoryStore(record(key, services=["orders", "api.example.com"])))
+    v = verifier(
+        MemoryStore(record(key, services=["orders", "api.example.com"])),
+        service_from_authority=True,
+    )
     await v.verify(key, make_view(context_extensions={"service": "orders"}))
     await v.verify(key, make_view(host="api.example.com:8443"))
     with pytest.raises(AuthnFailure, match="not valid for service 'billing'"):

@@ -35,4 +35,5 @@ def build_api_key_verifier(settings: ApiKeySourceSettings) -> ApiKeyVerifier:
         locations=settings.locations,
         source=settings.name,
         service_extension=settings.service_extension,
+        service_from_authority=settings.service_from_authority,
     )

@@ -61,8 +61,9 @@ class ApiKeyRecord(BaseModel):
     def expired(self, now: float) -> bool:
         return self.expires_at is not None and self.expires_at.timestamp() <= now
 
-    def allows_service(self, service: str) -> bool:
-        return not self.services or service in self.services
+    def allows_service(self, service: str | None) -> bool:
+        """A key limited to services needs a known service (None: the route names none)."""
+        return not self.services or (service is not None and service in self.services)
 
 
 def check_printable(value: str) -> str:

@@ -10,6 +10,7 @@ key is therefore seen by every instance within those TTLs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from sidegate.common import deadline
 from sidegate.common.cache import Clock, TTLCache
 from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 from sidegate.extauthz.identity.api_keys.store import KeyStoreUnavailable
@@ -29,6 +31,8 @@ log = structlog.get_logger("sidegate.identity.api_keys")
 DEFAULT_PREFIX = "sidegate:apikey:"
 _LIST_FIELDS = ("roles", "scopes", "services")
 _MISSING = object()
+# a waiter's own bound sits this much past the socket timeout, so Redis' own error comes first
+WAIT_GRACE_S = 0.1
 
 
 def record_to_hash(record: ApiKeyRecord) -> dict[str, str]:
@@ -140,7 +144,15 @@ class RedisKeyStore:
         cached = self._cache.get(digest)
         if cached is not None:
             return None if cached is _MISSING else cached  # type: ignore[return-value]
-        return await self._flight.run(digest, lambda: self._fetch(digest))
+        # Envoy's ext_authz timeout (200 ms by default) may be shorter than the socket timeout:
+        # wait no longer than the Check may; the shared lookup goes on for the other callers
+        try:
+            return await asyncio.wait_for(
+                self._flight.run(digest, lambda: self._fetch(digest)),
+                deadline.bound(self.timeout + WAIT_GRACE_S),
+            )
+        except (TimeoutError, deadline.DeadlineExceeded):
+            raise KeyStoreUnavailable("redis key store: no answer within the call's time") from None
 
     async def _fetch(self, digest: str) -> ApiKeyRecord | None:
         try:

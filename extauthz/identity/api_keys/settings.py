@@ -53,8 +53,11 @@ class ApiKeySourceSettings(SourceSettings):
     store: KeyStoreSettings
     # environment variable holding a pepper: digests become HMAC-SHA256(pepper, key)
     pepper_env: str | None = None
-    # the context extension naming the route's service (else the request host is used)
+    # the context extension naming the route's service (the route's, not the client's choice)
     service_extension: str = "service"
+    # without that extension, take the service from the request's :authority (Host). Off by
+    # default: behind a wildcard virtual host the client picks the Host, and so the service
+    service_from_authority: bool = False
 
     @property
     def locations(self) -> tuple[CredentialLocation, ...]:

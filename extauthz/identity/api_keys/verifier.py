@@ -54,6 +54,7 @@ class ApiKeyVerifier:
         locations: Sequence[CredentialLocation] = (DEFAULT_LOCATION,),
         source: str = "api_key",
         service_extension: str = "service",
+        service_from_authority: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -61,6 +62,7 @@ class ApiKeyVerifier:
         self.locations = tuple(locations)
         self.source = source
         self.service_extension = service_extension
+        self.service_from_authority = service_from_authority
         self._clock = clock
 
     def debug_state(self) -> dict[str, object]:
@@ -74,11 +76,19 @@ class ApiKeyVerifier:
     async def close(self) -> None:
         await self.store.close()
 
-    def route_service(self, view: RequestView) -> str:
-        """The service a route belongs to: its context extension, else the host without port."""
+    def route_service(self, view: RequestView) -> str | None:
+        """The service a route belongs to: its context extension; else, only when configured
+        (``service_from_authority``), the request's host without port; else None.
+
+        The host is the client's to choose wherever a virtual host matches several names
+        (``*``, ``*.example.com``): trusting it would let a key limited to one service open
+        another. A key restricted to services is refused on a route that names none.
+        """
         service = view.context_extensions.get(self.service_extension)
         if service:
             return service
+        if not self.service_from_authority:
+            return None
         host = view.host.lower()
         if host.startswith("["):
             return host[: host.find("]") + 1] if "]" in host else host
@@ -116,7 +126,9 @@ class ApiKeyVerifier:
         if not record.allows_service(service):
             raise self._reject(
                 "wrong_service",
-                f"API key not valid for service {service!r}",
+                f"API key not valid for service {service!r}"
+                if service is not None
+                else "API key is limited to services and the route names none",
                 "API key not valid for this service",
                 kid,
             )
