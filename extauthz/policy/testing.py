@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sidegate.extauthz.policy import rego_native
+from sidegate.extauthz.policy.builtins_check import unsupported_calls
 from sidegate.extauthz.policy.embedded import PolicyCompileError, new_interpreter
 from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
 from sidegate.extauthz.policy.sources import PolicySourceError, read_sources
@@ -227,8 +228,14 @@ def report(directory: Path, out: TextIO, *, timeout: float = DEFAULT_TIMEOUT) ->
     """Print PASS/FAIL/ERROR per test like ``opa test -v``; 0 when every test passed."""
     try:
         cases = discover(directory)
+        problems = unsupported_calls(read_sources(directory, require_policies=False).modules)
     except (PolicySourceError, PolicyCompileError) as exc:
         print(f"error: {exc}", file=out)
+        return 2
+    if problems:
+        # A test would pass on an undefined the engine produces for what it cannot evaluate.
+        for problem in problems:
+            print(f"error: {problem}", file=out)
         return 2
     if not cases:
         print(f"{directory}: no test_* rules in *_test.rego files", file=out)
