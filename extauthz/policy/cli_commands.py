@@ -34,7 +34,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
         return 2
-    engine = EmbeddedEngine(args.policies or _default_directory())
+    # One decision: a cache would only log about itself on stdout, which carries the JSON.
+    engine = EmbeddedEngine(args.policies or _default_directory(), cache_decisions=False)
     try:
         engine.load()
         result = engine.evaluate_json(args.path, json.dumps(input_doc))
