@@ -168,7 +168,21 @@ class CompiledPolicies:
 def compile_policies(
     sources: PolicySources | Path, required_paths: Iterable[str] = ()
 ) -> CompiledPolicies:
-    """Compile every policy module; ``required_paths`` must each name a rule."""
+    """Compile every policy module; ``required_paths`` must each name a rule.
+
+    Raises PolicyCompileError only: nesting is bounded before anything recurses (see
+    nesting), and a RecursionError that still escapes is reported as such, never let out.
+    """
+    try:
+        return _compile(sources, required_paths)
+    except RecursionError:
+        directory = sources.directory if isinstance(sources, PolicySources) else sources
+        raise PolicyCompileError(
+            f"{directory}: policies or data nested too deeply to compile"
+        ) from None
+
+
+def _compile(sources: PolicySources | Path, required_paths: Iterable[str]) -> CompiledPolicies:
     if isinstance(sources, Path):
         try:
             sources = read_sources(sources)

@@ -224,3 +224,16 @@ def test_policy_eval_output_stays_json_with_print(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"path": "app/allow", "result": True, "allowed": True}
+
+
+def test_a_recursion_error_never_leaves_the_compile(tmp_path, monkeypatch):
+    # The last line of defence behind the nesting bound: whatever still recurses too deep.
+    from sidegate.extauthz.policy import embedded
+
+    def too_deep(*_: object) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    write(tmp_path, "app.rego", "package app\n\nallow := true\n")
+    monkeypatch.setattr(embedded, "_nest_data", too_deep)
+    with pytest.raises(PolicyCompileError, match="nested too deeply to compile"):
+        compile_policies(tmp_path)
