@@ -50,7 +50,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
         return 2
     path = decision_path(args.path)
-    engine = EmbeddedEngine(args.policies or _default_directory())
+    # One decision: a cache would only log about itself on stdout, which carries the JSON.
+    engine = EmbeddedEngine(args.policies or _default_directory(), cache_decisions=False)
     input_json = json.dumps(input_doc)
     try:
         engine.load()

@@ -1,7 +1,7 @@
 """Can a decision be reused? Statically: which calls the policy modules make.
 
 A Rego decision is a function of (policies, data, input) unless a policy calls a builtin that
-reads the clock, randomness or the outside world, or has side effects (``print``). Before the
+reads the clock, randomness or the outside world, or has side effects (``trace``). Before the
 embedded engine caches decisions it scans its (non-test) policy modules with the input-path
 tokenizer and finds every call: a rule or function the modules define, a builtin known to be
 pure, or anything else. Anything else, and any reference to a builtin known to be impure
@@ -11,7 +11,7 @@ on the side of "not cacheable": a call it cannot resolve is treated as impure.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from sidegate.extauthz.policy.input_paths import Token, Unresolvable, closing_bracket, tokenize
@@ -21,7 +21,7 @@ IMPURE_BUILTINS = frozenset(
     {
         "time.now_ns", "rand.intn", "uuid.rfc4122", "http.send", "net.lookup_ip_addr",
         "opa.runtime", "io.jwt.decode_verify", "crypto.x509.parse_and_verify_certificates",
-        "crypto.x509.parse_and_verify_certificates_with_keys", "trace", "print",
+        "crypto.x509.parse_and_verify_certificates_with_keys", "trace",
     }
 )  # fmt: skip
 
@@ -87,6 +87,8 @@ PURE_BUILTINS = frozenset(
         "graphql.parse_and_verify", "graphql.parse_query", "graphql.parse_schema",
         "graphql.is_valid", "graphql.schema_is_valid", "rego.parse_module",
         "rego.metadata.chain", "rego.metadata.rule", "set_diff", "all", "any",
+        # dropped at load by the embedded engine (see builtins_check): no side effect left
+        "print",
     }
 )  # fmt: skip
 
@@ -109,7 +111,7 @@ class Finding:
 
 
 @dataclass(slots=True)
-class _Module:
+class Module:
     name: str
     tokens: list[Token]
     package: tuple[str, ...]
@@ -161,16 +163,37 @@ def _line_start(tokens: list[Token], index: int) -> bool:
     )
 
 
-def _heads(tokens: list[Token]) -> Iterable[tuple[int, list[str], int]]:
+# What a token before a name can be when that name continues an expression (an `if` body on
+# the next line, an operand), so the name cannot start a rule or function head.
+_EXPRESSION_WORDS = frozenset({"if", "not", "else", "in", "with", "as", "contains", "some"})
+_EXPRESSION_PUNCT = frozenset("=:,+-*/&|<>!([{;")
+
+
+def _continues_expression(tokens: list[Token], index: int) -> bool:
+    if index == 0:
+        return False
+    before = tokens[index - 1]
+    if before.kind == "ident":
+        return before.text in _EXPRESSION_WORDS
+    return before.kind == "punct" and before.text in _EXPRESSION_PUNCT
+
+
+def function_heads(tokens: list[Token]) -> Iterable[tuple[int, list[str], int]]:
     """(index, name, index of "(") of every function head: a dotted name opening a line at
-    nesting depth 0, with parenthesised arguments followed by a body or value."""
+    nesting depth 0, not continuing an expression, with parenthesised arguments followed by
+    a body or value."""
     depth = 0
     for index, token in enumerate(tokens):
         if token.kind == "punct" and token.text in "([{":
             depth += 1
         elif token.kind == "punct" and token.text in ")]}":
             depth -= 1
-        elif token.kind == "ident" and depth == 0 and _line_start(tokens, index):
+        elif (
+            token.kind == "ident"
+            and depth == 0
+            and _line_start(tokens, index)
+            and not _continues_expression(tokens, index)
+        ):
             names, after = _chain(tokens, index)
             if not _is_punct(tokens, after, "("):
                 continue
@@ -178,7 +201,7 @@ def _heads(tokens: list[Token]) -> Iterable[tuple[int, list[str], int]]:
                 yield index, names, after
 
 
-def _read_module(name: str, text: str) -> _Module:
+def read_module(name: str, text: str) -> Module:
     tokens = tokenize(text)
     package: tuple[str, ...] = ()
     imports: dict[str, tuple[str, ...]] = {}
@@ -195,13 +218,15 @@ def _read_module(name: str, text: str) -> _Module:
             imports[alias] = tuple(path)
     if not package:
         raise Unresolvable("line 1: no package declaration this analysis reads")
-    return _Module(name, tokens, package, imports)
+    return Module(name, tokens, package, imports)
 
 
-def _resolve(
-    module: _Module, names: list[str], functions: frozenset[tuple[str, ...]]
-) -> str | None:
-    """None when the call ``names(...)`` is pure or a function of the modules; else why not."""
+def resolve_call(
+    module: Module, names: Sequence[str], functions: frozenset[tuple[str, ...]]
+) -> str:
+    """What the call ``names(...)`` in ``module`` refers to: ``"function"`` (one the modules
+    define), ``"undefined"`` (a data path naming no function of the modules), or ``"other"``
+    (a builtin, or nothing at all: the name does not say)."""
     root = names[0]
     if root == "data":
         target: tuple[str, ...] | None = tuple(names[1:])
@@ -210,9 +235,21 @@ def _resolve(
     else:
         target = None
     if target is not None:
-        return None if target in functions else "calls a function the policies do not define"
+        return "function" if target in functions else "undefined"
     if module.package + tuple(names) in functions:
+        return "function"
+    return "other"
+
+
+def _resolve(
+    module: Module, names: list[str], functions: frozenset[tuple[str, ...]]
+) -> str | None:
+    """None when the call ``names(...)`` is pure or a function of the modules; else why not."""
+    kind = resolve_call(module, names, functions)
+    if kind == "function":
         return None
+    if kind == "undefined":
+        return "calls a function the policies do not define"
     if ".".join(names) in PURE_BUILTINS:
         return None
     return "calls a function not known to be pure"
@@ -226,10 +263,20 @@ def _impure_reference(names: list[str]) -> str | None:
     return None
 
 
-def _module_findings(module: _Module, functions: frozenset[tuple[str, ...]]) -> list[Finding]:
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """A dotted name in a module body, and whether it is called."""
+
+    index: int  # token index of its first name
+    names: tuple[str, ...]  # () for a call through a computed name (`x[k](...)`)
+    called: bool  # followed by "(" as a call: not a function head, not a keyword
+    computed: bool  # called, but its root is not a plain name (`data["lib"].f(x)`)
+
+
+def references(module: Module) -> Iterator[Reference]:
+    """Every dotted name outside ``package``/``import`` lines, once per chain."""
     tokens = module.tokens
-    heads = {index for index, _, _ in _heads(tokens)}
-    findings: list[Finding] = []
+    heads = {index for index, _, _ in function_heads(tokens)}
     seen: set[int] = set()
     skip_line = 0
     for index, token in enumerate(tokens):
@@ -242,15 +289,39 @@ def _module_findings(module: _Module, functions: frozenset[tuple[str, ...]]) -> 
             continue
         if token.line == skip_line or index in seen:
             continue
-        where = f"{module.name}:{token.line}"
         if token.kind == "punct" and token.text == "(" and _is_punct(tokens, index - 1, "]"):
             if not token.spaced:
-                findings.append(Finding(where, "", "calls a function through a computed name"))
+                yield Reference(index, (), True, True)
             continue
         if token.kind != "ident":
             continue
         names, after = _chain(tokens, index)
         seen.update(range(index, after))
+        called = (
+            _is_punct(tokens, after, "(")
+            and index not in heads
+            and not (len(names) == 1 and names[0] in _KEYWORDS)
+        )
+        yield Reference(index, tuple(names), called, called and _is_punct(tokens, index - 1, "."))
+
+
+def defined_functions(modules: Iterable[Module]) -> frozenset[tuple[str, ...]]:
+    """The data paths of every function the modules define."""
+    return frozenset(
+        module.package + tuple(head)
+        for module in modules
+        for _, head, _ in function_heads(module.tokens)
+    )
+
+
+def _module_findings(module: Module, functions: frozenset[tuple[str, ...]]) -> list[Finding]:
+    findings: list[Finding] = []
+    for ref in references(module):
+        where = f"{module.name}:{module.tokens[ref.index].line}"
+        if not ref.names:
+            findings.append(Finding(where, "", "calls a function through a computed name"))
+            continue
+        names = list(ref.names)
         impure = _impure_reference(names)
         if impure is not None:
             findings.append(
@@ -261,11 +332,9 @@ def _module_findings(module: _Module, functions: frozenset[tuple[str, ...]]) -> 
                 )
             )
             continue
-        if not _is_punct(tokens, after, "(") or index in heads:
+        if not ref.called:
             continue
-        if len(names) == 1 and names[0] in _KEYWORDS:
-            continue
-        if _is_punct(tokens, index - 1, "."):
+        if ref.computed:
             # `data["lib"].f(x)`: the reference's root is not a plain name
             findings.append(
                 Finding(where, ".".join(names), "calls a function through a computed name")
@@ -282,18 +351,16 @@ def nondeterminism(texts: Iterable[str], names: Sequence[str] = ()) -> list[Find
 
     ``names`` (file names, in the order of ``texts``) label the findings.
     """
-    modules: list[_Module] = []
+    modules: list[Module] = []
     findings: list[Finding] = []
     for index, text in enumerate(texts):
         name = names[index] if index < len(names) else f"module {index + 1}"
         try:
-            modules.append(_read_module(name, text))
+            modules.append(read_module(name, text))
         except Unresolvable as exc:
             line, _, why = str(exc).partition(": ")
             findings.append(Finding(f"{name}:{line.removeprefix('line ')}", "", why))
-    functions = frozenset(
-        module.package + tuple(head) for module in modules for _, head, _ in _heads(module.tokens)
-    )
+    functions = defined_functions(modules)
     for module in modules:
         findings.extend(_module_findings(module, functions))
     return findings

@@ -24,7 +24,7 @@ import structlog
 
 from sidegate.common.cache import Clock
 from sidegate.extauthz.errors import AuthzConfigError
-from sidegate.extauthz.policy import metrics, rego_native
+from sidegate.extauthz.policy import builtins_check, metrics, nesting, rego_native
 from sidegate.extauthz.policy.decision_cache import (
     DEFAULT_MAX_ENTRIES,
     DEFAULT_TTL_S,
@@ -34,6 +34,7 @@ from sidegate.extauthz.policy.decision_cache import (
 from sidegate.extauthz.policy.determinism import Finding, nondeterminism
 from sidegate.extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
 from sidegate.extauthz.policy.input_paths import PathTree, referenced_paths
+from sidegate.extauthz.policy.rule_conflicts import find_conflicts
 from sidegate.extauthz.policy.sources import (
     PolicySourceError,
     PolicySources,
@@ -122,7 +123,12 @@ def _add_modules(interpreter: regopy.Interpreter, modules: Iterable[RegoModule])
     modules = tuple(modules)
     for module in modules:
         try:
-            interpreter.add_module(str(module.path), module.text)
+            nesting.check_rego(module.text)
+        except nesting.TooDeep as exc:
+            raise PolicyCompileError(f"{module.location(exc.offset)}: {exc}") from None
+        try:
+            # print() would write to stdout between the JSON log lines: see builtins_check.
+            interpreter.add_module(str(module.path), builtins_check.drop_print(module.text))
         except regopy.RegoError as exc:
             raise PolicyCompileError(format_rego_error(exc, modules)) from exc
 
@@ -162,7 +168,21 @@ class CompiledPolicies:
 def compile_policies(
     sources: PolicySources | Path, required_paths: Iterable[str] = ()
 ) -> CompiledPolicies:
-    """Compile every policy module; ``required_paths`` must each name a rule."""
+    """Compile every policy module; ``required_paths`` must each name a rule.
+
+    Raises PolicyCompileError only: nesting is bounded before anything recurses (see
+    nesting), and a RecursionError that still escapes is reported as such, never let out.
+    """
+    try:
+        return _compile(sources, required_paths)
+    except RecursionError:
+        directory = sources.directory if isinstance(sources, PolicySources) else sources
+        raise PolicyCompileError(
+            f"{directory}: policies or data nested too deeply to compile"
+        ) from None
+
+
+def _compile(sources: PolicySources | Path, required_paths: Iterable[str]) -> CompiledPolicies:
     if isinstance(sources, Path):
         try:
             sources = read_sources(sources)
@@ -183,6 +203,11 @@ def compile_policies(
         raise PolicyCompileError(
             f"{sources.directory}: decision path(s) {', '.join(missing)} name no rule"
         )
+    modules = sources.policy_modules
+    # Before rego-cpp sees them: some conflicts crash it, and it names none of them.
+    conflicts = find_conflicts(modules)
+    if conflicts.fatal:
+        raise PolicyCompileError("; ".join(conflicts.fatal))
     interpreter = new_interpreter(sources)
     points = sorted(known)
     try:
@@ -190,9 +215,15 @@ def compile_policies(
     except regopy.RegoError as exc:
         raise PolicyCompileError(format_rego_error(exc, sources.policy_modules)) from exc
     if not bundle.ok():
-        raise PolicyCompileError(f"{sources.directory}: policies do not compile")
+        raise PolicyCompileError(
+            "; ".join(conflicts.kinds)
+            or f"{sources.directory}: policies do not compile (rego-cpp names no location)"
+        )
+    # What the engine cannot evaluate would read as undefined, which `not` turns into allow.
+    unsupported = builtins_check.unsupported_calls(modules, interpreter.is_builtin)
+    if unsupported:
+        raise PolicyCompileError("; ".join(unsupported))
     interpreted = _probe(interpreter, bundle, points)
-    modules = sources.policy_modules
     input_paths, unbounded = referenced_paths(
         [m.text for m in modules], [str(m.path) for m in modules]
     )

@@ -56,6 +56,10 @@ def _value(ok: bool, text: str, *, bound: bool) -> Any:
         document = json.loads(text)
     except ValueError as exc:
         raise PolicyError("evaluation returned unreadable output") from exc
+    except RecursionError:
+        # A value built at run time (json.unmarshal of a deep string) nests past what the
+        # decoder recurses through: an evaluation error, not an exception out of the engine.
+        raise PolicyError("evaluation returned a value nested too deeply") from None
     if bound:
         return document.get("bindings", {}).get("x", UNDEFINED)
     expressions = document.get("expressions") or []

@@ -4,10 +4,13 @@ One pooled aiohttp session per engine. Failures are told apart: an OPA that answ
 evaluation error (conflicting rules, builtin error) is an *evaluation* error; a refused
 connection, a timeout or an HTTP 5xx that is not an evaluation error is an *outage*
 (``PolicyError(outage=True)``), which the service answers as a dependency failure (503).
+Every request waits at most the engine's timeout cut to the gRPC call's remaining time
+(``common.deadline``); running out of either is a ``timeout`` outage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 
+from sidegate.common import deadline
 from sidegate.extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
 
 log = structlog.get_logger("sidegate.policy")
@@ -63,17 +67,26 @@ class RemoteOpaEngine:
     def _outage(self, kind: str, reason: str) -> PolicyError:
         return PolicyError(reason, outage=True, kind=kind)
 
+    async def _post(
+        self, session: aiohttp.ClientSession, path: str, input_doc: dict[str, Any]
+    ) -> tuple[int, bytes]:
+        async with session.post(self._url(path), json={"input": input_doc}) as response:
+            return response.status, await response.read()
+
     async def evaluate(self, path: str, input_doc: dict[str, Any]) -> EvalResult:
         session = self._session
         if session is None:
             raise PolicyError("remote OPA engine not started", outage=True)
         started = time.perf_counter()
         try:
-            async with session.post(self._url(path), json={"input": input_doc}) as response:
-                status = response.status
-                payload = await response.read()
+            # Never wait past the gRPC call's deadline: Envoy would already have answered.
+            budget = deadline.bound(self.timeout)
+        except deadline.DeadlineExceeded as exc:
+            raise self._outage("timeout", "no time left before the call's deadline") from exc
+        try:
+            status, payload = await asyncio.wait_for(self._post(session, path, input_doc), budget)
         except TimeoutError as exc:
-            raise self._outage("timeout", f"OPA did not answer within {self.timeout}s") from exc
+            raise self._outage("timeout", f"OPA did not answer within {budget:.3f}s") from exc
         except aiohttp.ClientError as exc:
             raise self._outage("unavailable", f"OPA unreachable: {type(exc).__name__}") from exc
         elapsed = time.perf_counter() - started

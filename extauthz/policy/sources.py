@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from sidegate.extauthz.policy import nesting
+
 DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
 TEST_SUFFIX = "_test.rego"
 
@@ -129,8 +131,14 @@ def _read_data(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text()
         doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        nesting.check_value(doc)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise PolicySourceError(f"{path}: cannot read data file: {exc}") from exc
+    except (RecursionError, nesting.TooDeep):
+        # Both parsers recurse per level; the limit is the clear message either way.
+        raise PolicySourceError(
+            f"{path}: data nested deeper than {nesting.MAX_NESTING} levels"
+        ) from None
     if not isinstance(doc, dict):
         raise PolicySourceError(f"{path}: a data file must hold an object")
     return doc

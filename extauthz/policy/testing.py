@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, TextIO
 
 from sidegate.extauthz.policy import rego_native
+from sidegate.extauthz.policy.builtins_check import unsupported_calls
 from sidegate.extauthz.policy.embedded import (
     PolicyCompileError,
     compile_policies,
@@ -264,11 +265,12 @@ def staged(paths: Sequence[Path]) -> Iterator[tuple[Path, dict[str, str]]]:
         yield Path(tmp), names
 
 
-def _shown(file: str, names: dict[str, str]) -> str:
+def _shown(text: str, names: dict[str, str]) -> str:
+    """``text`` (a file name, or a message starting with one) under the user's path."""
     for copy, original in names.items():
-        if file == copy or file.startswith(copy + "/"):
-            return original + file[len(copy):]
-    return file
+        if text.startswith(copy) and text[len(copy) : len(copy) + 1] in ("", "/", ":"):
+            return original + text[len(copy) :]
+    return text
 
 
 def report(
@@ -304,8 +306,16 @@ def _report(
     verbose: bool,
     pattern: re.Pattern[str] | None,
 ) -> int:
-    # Policies that do not compile are a load error (exit 1, as opa test), not one error per test.
-    if read_sources(directory, require_policies=False).policy_modules:
+    sources = read_sources(directory, require_policies=False)
+    # What the engine cannot evaluate is a load error, in test files too: a test would pass on
+    # the undefined it produces. Policies that do not compile are one load error (exit 1, as
+    # opa test), not one error per test.
+    problems = unsupported_calls(sources.modules)
+    if problems:
+        for problem in problems:
+            print(f"error: {_shown(str(problem), names)}", file=out)
+        return EXIT_LOAD_ERROR
+    if sources.policy_modules:
         compile_policies(directory, ())
     cases = [c for c in discover(directory) if pattern is None or pattern.search(c.ref)]
     if not cases:
