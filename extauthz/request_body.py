@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,13 @@ def _reject_constant(name: str) -> Any:
     raise BodyError(f"invalid JSON body: {name}")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e400: a JSON number, but no double holds it
+        raise BodyError("invalid JSON body: number out of range")
+    return value
+
+
 def _check_depth(value: Any, max_depth: int) -> None:
     """Level by level (no recursion limit to hit); visits at most the values the budget
     allowed, and nothing when there are too few containers to nest that deep."""
@@ -112,7 +120,7 @@ def _check_depth(value: Any, max_depth: int) -> None:
 def _load_json(data: bytes, budget: _JsonBudget) -> Any:
     budget.take(data)
     try:
-        value = json.loads(data, parse_constant=_reject_constant)
+        value = json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
     except BodyError:
         raise
     except (ValueError, RecursionError) as exc:

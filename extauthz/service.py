@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -131,7 +130,7 @@ class AuthzService:
     ) -> tuple[str, str, int, CheckResponse | None]:
         """An exception no stage turned into an answer: a bug, or a dependency's wait that
         ran out of the call's time. Logged once with where it happened, never its message."""
-        outage = isinstance(exc, deadline.DeadlineExceeded | asyncio.TimeoutError)
+        outage = isinstance(exc, deadline.DeadlineExceeded | TimeoutError)
         kind = "deadline" if outage else type(exc).__name__
         CHECK_FAILURES.labels(stage, kind).inc()
         log.error(
