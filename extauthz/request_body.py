@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import codecs
 import json
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,10 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+
+# python-multipart logs a warning for each malformed body before raising; the raise becomes a
+# BodyError with its own log line, so a hostile client would only double the log volume.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 # A Content-Type header longer than this is not a real one; its parameter parser is not linear.
 MAX_CONTENT_TYPE_LENGTH = 1024
@@ -128,6 +133,13 @@ def _load_json(data: bytes, budget: _JsonBudget) -> Any:
         raise BodyError(f"invalid JSON body: {type(exc).__name__}") from exc
     if data.count(b"[") + data.count(b"{") > budget.limits.max_depth:
         _check_depth(value, budget.limits.max_depth)
+    if b"\\ud" in data or b"\\uD" in data:
+        # "\ud800" is JSON syntax but no Unicode: a lone surrogate cannot be encoded into the
+        # policy input or a response. Escaped pairs (emoji) were joined by the parser.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise BodyError("invalid JSON body: lone surrogate in a string") from exc
     return value
 
 
