@@ -137,7 +137,10 @@ def test_json_caps():
     assert len(parse("application/json", b"[" + b",".join([b"1"] * 99) + b"]", limits)[0]) == 99
     with pytest.raises(BodyError, match="more than 100 values"):
         parse("application/json", b"[" + b",".join([b"1"] * 101) + b"]", limits)
-    for body in (b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1" * 5000, b"[" * 5000):
+    for body in (
+        b"NaN", b"[Infinity]", b'{"a": -Infinity}', b"1" * 5000, b"[" * 5000, b"[1e400]",
+        b'["\\ud800"]', b'{"\\udfff": 1}',
+    ):
         with pytest.raises(BodyError):
             parse("application/json", body)
 
@@ -188,3 +191,4 @@ def test_content_type_dispatch_is_a_table_others_can_extend(monkeypatch):
     with pytest.raises(BodyError):
         parse("application/json; " + "x" * 5000, b"{}")
     assert json.loads(b"{}") == parse("Application/JSON; charset=utf-8", b"{}")[0]
+    assert parse("application/json", b'["\\ud83d\\ude00", 1.5]')[0] == ["\U0001f600", 1.5]
