@@ -5,7 +5,7 @@
 Envoy sends bodies up to 1 MiB (``with_request_body``) to ``sidegate serve`` whose policy reads
 ``parsed_body``. Each run measures normal ``GET /hello`` latency alone, then while two other
 connections send, back to back, a 1 MiB body of ~20k parts (refused by the part cap) and the
-widest body the default caps parse (200 parts filling 1 MiB). Reported per run: median and p90
+widest body the default caps parse (100 parts filling 1 MiB). Reported per run: median and p90
 latency alone and under the flood, the median delay, and how many hostile bodies were sent.
 The pass/fail bound (50 ms) is in tests/sidegate/test_hostile_body_envoy.py.
 """

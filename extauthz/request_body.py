@@ -50,7 +50,7 @@ class BodyLimits:
 
     max_bytes: int = 1_048_576
     # multipart/form-data: parts per body
-    max_parts: int = 200
+    max_parts: int = 100
     # application/x-www-form-urlencoded: fields per body
     max_fields: int = 1000
     # JSON (a body, or all JSON parts of a multipart body together): values, counted

@@ -41,7 +41,7 @@ class BodySettings(_Strict):
     # Bodies longer than this are not parsed: parsed_body is null, truncated_body true.
     max_bytes: int = Field(1_048_576, ge=0)
     # Caps on the work one body may cause (bench/body_bench.py); a body over one gets a 400.
-    max_parts: int = Field(200, ge=1, le=100_000)
+    max_parts: int = Field(100, ge=1, le=100_000)
     max_fields: int = Field(1000, ge=1, le=1_000_000)
     max_json_values: int = Field(10_000, ge=1, le=10_000_000)
     max_depth: int = Field(32, ge=1, le=512)

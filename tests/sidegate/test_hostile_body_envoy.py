@@ -40,5 +40,5 @@ def test_hostile_multipart_bodies_do_not_delay_normal_requests(tmp_path: Path) -
         assert result["delay_median_ms"] < 50, result
         logs = stack.sidegate.logs()
         refused = [r for r in logs if r.get("event") == "check" and r.get("status") == 400]
-        assert refused and all("more than 200 parts" in r["reason"] for r in refused)
+        assert refused and all("more than 100 parts" in r["reason"] for r in refused)
         assert "Traceback" not in stack.sidegate.output()
