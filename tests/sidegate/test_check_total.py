@@ -94,7 +94,7 @@ async def test_identity_exception_is_answered_per_on_error(exc, on_error, status
     assert failed["decision_id"] == response.dynamic_metadata["decision_id"]
     assert "test_check_total.py" in failed["where"]
     [check] = [e for e in logs if e["event"] == "check"]
-    assert check["decision"] == "error" if on_error == "deny" else "unavailable"
+    assert check["decision"] == ("error" if on_error == "deny" else "unavailable")
     assert check["reason"] == f"identity failed: {type(exc).__name__}"
     assert_quiet(logs)
 
