@@ -171,17 +171,28 @@ def _subtree(tree: PathTree | None, *keys: str) -> PathTree | None:
     return tree
 
 
+def reads_body(needs: PathTree | None) -> bool:
+    """Does a policy that reads ``needs`` (see policy/input_paths.py; None: everything) read
+    ``parsed_body`` or ``truncated_body``? Only then is the body parsed."""
+    return needs is None or "parsed_body" in needs or "truncated_body" in needs
+
+
 def build_input(
     view: RequestView,
     body: BodySettings | None = None,
     needs: PathTree | None = None,
     grpc: ProtosetDecoder | None = None,
+    *,
+    policy_reads: PathTree | None = None,
 ) -> dict[str, Any]:
     """The opa-envoy-plugin input document for one request (identity added by the caller).
 
     ``body`` None or ``parse=False`` leaves out ``parsed_body``/``truncated_body``, as
     opa-envoy-plugin's ``skip-request-body-parse``. ``needs`` (see policy/input_paths.py)
-    builds only those parts (None: all); a request the full document refuses is still refused.
+    builds only those parts (None: all); a request the full document refuses for its path or
+    query is still refused. The body is parsed only when both ``needs`` and ``policy_reads``
+    (what the loaded policies read, when the document is built whole for the decision log or
+    without pruning) read it: a body no policy reads costs nothing and is never refused.
     ``grpc`` (the configured protoset) decodes gRPC request messages.
     """
     document = _attributes_document(view, needs)
@@ -191,13 +202,14 @@ def build_input(
         document["parsed_query"] = parse_query(query)
     except UnicodeDecodeError as exc:
         raise InputError("path or query is not valid UTF-8 after decoding") from exc
-    if body is not None and body.parse:
+    wanted = reads_body(needs) and reads_body(policy_reads)
+    if body is not None and body.parse and wanted:
         try:
             parsed, truncated = parse_body(
                 view.headers,
                 view.body,
                 view.raw_body,
-                max_bytes=body.max_bytes,
+                limits=body.limits,
                 parsed_path=document["parsed_path"],
                 grpc=grpc,
             )

@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from google.rpc import code_pb2
 
-from sidegate.common import tracing
+from sidegate.common import deadline, tracing
 from sidegate.extauthz import metrics
+from sidegate.extauthz.check_failure import CHECK_FAILURES, Stage, describe
 from sidegate.extauthz.identity.base import (
     AnonymousAuthenticator,
     Authenticator,
@@ -94,11 +95,22 @@ class AuthzService:
         return ok
 
     async def check(self, request: CheckRequest) -> CheckResponse:
+        """Total: every request gets a deliberate answer. An exception anywhere (request view,
+        identity, input, policy, response shaping) is caught here once, logged without its
+        message (it may quote a credential), counted, and answered per ``on_error``."""
         started = time.perf_counter()
         decision_id = str(uuid.uuid4())
-        view = RequestView.from_check_request(request)
         trace = PolicyTrace()
-        outcome, reason, status, response, identity = await self._decide(view, decision_id, trace)
+        stage = Stage()
+        view: RequestView | None = None
+        identity: Identity | None = None
+        try:
+            view = RequestView.from_check_request(request)
+            outcome, reason, status, response, identity = await self._decide(
+                view, decision_id, trace, stage
+            )
+        except Exception as exc:
+            outcome, reason, status, response = self._check_failed(exc, stage.name, decision_id)
         elapsed = time.perf_counter() - started
         tracing.set_attributes(
             **{
@@ -118,10 +130,10 @@ class AuthzService:
             decision=outcome,
             reason=reason,
             status=status,
-            method=view.method,
-            path=view.path_only,
-            host=view.host,
-            request_id=view.request_id,
+            method=view.method if view else None,
+            path=view.path_only if view else None,
+            host=view.host if view else None,
+            request_id=view.request_id if view else None,
             subject=identity.subject if identity else None,
             duration_ms=round(elapsed * 1000, 3),
             **trace.log_fields(),
@@ -130,35 +142,61 @@ class AuthzService:
             raise CheckError(reason, unavailable=outcome == "unavailable")
         return response
 
+    def _check_failed(
+        self, exc: Exception, stage: str, decision_id: str
+    ) -> tuple[str, str, int, CheckResponse | None]:
+        """An exception no stage turned into an answer: a bug, or a dependency's wait that
+        ran out of the call's time. Logged once with where it happened, never its message."""
+        outage = isinstance(exc, deadline.DeadlineExceeded | TimeoutError)
+        kind = "deadline" if outage else type(exc).__name__
+        CHECK_FAILURES.labels(stage, kind).inc()
+        log.error(
+            "check_failed",
+            decision_id=decision_id,
+            stage=stage,
+            error=type(exc).__name__,
+            where=describe(exc),
+        )
+        reason = f"{stage} failed: {kind}"
+        return self._policy_failed(reason, outage, {"decision_id": decision_id})
+
     async def _decide(
-        self, view: RequestView, decision_id: str, trace: PolicyTrace
+        self, view: RequestView, decision_id: str, trace: PolicyTrace, stage: Stage
     ) -> tuple[str, str, int, CheckResponse | None, Identity | None]:
+        stage.name = "identity"
         try:
             with tracing.span("sidegate.identity"):
                 identity = await self.authenticator.authenticate(view)
         except AuthnFailure as failure:
+            stage.name = "response"
             return self._authn_denied(failure, decision_id)
+        stage.name = "input"
         metadata = {
             "decision_id": decision_id,
             "tier": identity.tier,
             "consumer": identity.consumer,
         }
         policy = self.settings.policy
-        needs = self.engine.input_needs if policy.prune_input else None
+        reads = self.engine.input_needs
+        needs = reads if policy.prune_input else None
         log_input = policy.decision_log.include_input
         input_started = time.perf_counter()
         try:
             # The decision log shows the whole document; only the engine gets the pruned one.
+            # Either way the body is parsed only when a loaded policy reads it.
             document = build_input(
-                view, policy.body, None if log_input else needs, self._grpc_decoder
+                view,
+                policy.body,
+                None if log_input else needs,
+                self._grpc_decoder,
+                policy_reads=reads,
             )
         except InputError as exc:
-            response = denied_response(
-                400,
-                grpc_code=code_pb2.INVALID_ARGUMENT,
-                body="bad request",
-                dynamic_metadata=metadata,
-            )
+            # As opa-envoy-plugin: a denial with HTTP 400, not a gRPC error (an Envoy that
+            # treats only PERMISSION_DENIED/UNAUTHENTICATED as denials would apply
+            # status_on_error, or failure_mode_allow, to anything else).
+            stage.name = "response"
+            response = denied_response(400, body="bad request", dynamic_metadata=metadata)
             return "invalid", str(exc), 400, response, identity
         document["identity"] = identity.as_input()
         path = (view.context_extensions.get(POLICY_EXTENSION) or policy.default_path).strip("/")
@@ -171,6 +209,7 @@ class AuthzService:
                 policy.decision_log.sensitive_headers,
                 policy.decision_log.sensitive_query_params,
             )
+        stage.name = "policy"
         try:
             with tracing.span("sidegate.policy", **{"sidegate.policy.path": path}):
                 result = await self._evaluate(path, view, document, needs)
@@ -178,12 +217,18 @@ class AuthzService:
             trace.cached = result.cached
             metrics.POLICY_EVAL_SECONDS.observe(result.eval_seconds)
             decision = parse_decision(result.value)
+        except InputError as exc:
+            # Policies reloaded meanwhile read the body, and it is malformed (see _evaluate).
+            stage.name = "response"
+            response = denied_response(400, body="bad request", dynamic_metadata=metadata)
+            return "invalid", str(exc), 400, response, identity
         except (PolicyError, DecisionError) as exc:
             outage = isinstance(exc, PolicyError) and exc.outage
             kind = exc.kind
             policy_metrics.ENGINE_ERRORS.labels(policy.engine, kind).inc()
             trace.result = kind
             return (*self._policy_failed(str(exc), outage, metadata), identity)
+        stage.name = "response"
         trace.result = "allow" if decision.allowed else "deny"
         policy_metrics.DECISIONS.labels(trace.result, str(trace.dry_run).lower()).inc()
         return (*self._apply(decision, metadata, identity, view, trace.dry_run), identity)
@@ -195,7 +240,12 @@ class AuthzService:
         if needs is not None and self.engine.input_needs != needs:
             # Policies reloaded between building the input and evaluating it may read more:
             # decide again on the whole document (the partial build validated the request).
-            full = build_input(view, self.settings.policy.body, grpc=self._grpc_decoder)
+            full = build_input(
+                view,
+                self.settings.policy.body,
+                grpc=self._grpc_decoder,
+                policy_reads=self.engine.input_needs,
+            )
             full["identity"] = document["identity"]
             result = await self.engine.evaluate(path, full)
         return result

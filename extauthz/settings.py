@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from sidegate.extauthz.identity.settings import IdentitySettings
+from sidegate.extauthz.request_body import BodyLimits
 
 
 class _Strict(BaseModel):
@@ -40,6 +41,11 @@ class BodySettings(_Strict):
     parse: bool = True
     # Bodies longer than this are not parsed: parsed_body is null, truncated_body true.
     max_bytes: int = Field(1_048_576, ge=0)
+    # Caps on the work one body may cause (bench/body_bench.py); a body over one gets a 400.
+    max_parts: int = Field(100, ge=1, le=100_000)
+    max_fields: int = Field(1000, ge=1, le=1_000_000)
+    max_json_values: int = Field(10_000, ge=1, le=10_000_000)
+    max_depth: int = Field(32, ge=1, le=512)
     # A protoset (protoc --descriptor_set_out=FILE --include_imports): the first message of an
     # application/grpc request becomes parsed_body (Envoy must send it with pack_as_bytes).
     proto_descriptor: Path | None = None
@@ -48,6 +54,16 @@ class BodySettings(_Strict):
     @classmethod
     def _resolve_proto_descriptor(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         return None if value is None else _resolve(value, info)
+
+    @property
+    def limits(self) -> BodyLimits:
+        return BodyLimits(
+            max_bytes=self.max_bytes,
+            max_parts=self.max_parts,
+            max_fields=self.max_fields,
+            max_json_values=self.max_json_values,
+            max_depth=self.max_depth,
+        )
 
 
 DEFAULT_SENSITIVE_HEADERS = (

@@ -22,6 +22,7 @@ from sidegate import grpc_services as gs
 from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
 from sidegate.extauthz.service import AuthzService
+from sidegate.grpc_guard import AioDecodeGuard, DecodeGuard
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.settings import SidegateConfig
@@ -104,7 +105,9 @@ def _server_options(config: SidegateConfig) -> list[tuple[str, Any]]:
 class _AioServing:
     def __init__(self, app: Sidegate) -> None:
         cfg = app.config.server
-        self.server = grpc.aio.server(options=_server_options(app.config))
+        self.server = grpc.aio.server(
+            options=_server_options(app.config), interceptors=[AioDecodeGuard()]
+        )
         self.health = health.aio.HealthServicer()
         if app.authz is not None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
@@ -133,7 +136,9 @@ class _ThreadServing:
     def __init__(self, app: Sidegate, loop: asyncio.AbstractEventLoop) -> None:
         cfg = app.config.server
         self.pool = futures.ThreadPoolExecutor(cfg.threads, thread_name_prefix="grpc")
-        self.server = grpc.server(self.pool, options=_server_options(app.config))
+        self.server = grpc.server(
+            self.pool, options=_server_options(app.config), interceptors=[DecodeGuard()]
+        )
         self.health = health.HealthServicer()
         # The bridge's wait is bounded by the grace period: no worker thread waits forever.
         bridge = gs.LoopBridge(loop, timeout=cfg.grace_period_s)

@@ -17,8 +17,11 @@ import grpc
 import structlog
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.rpc import code_pb2
 
 from sidegate.common import deadline, tracing
+from sidegate.extauthz.check_failure import CHECK_FAILURES, describe
+from sidegate.extauthz.response import denied_response
 from sidegate.extauthz.service import AuthzService, CheckError
 from sidegate.metrics import GRPC_ERRORS
 from sidegate.ratelimit.service import RateLimitRequestError, RateLimitService, RateLimitUnavailable
@@ -60,10 +63,18 @@ class CallTracker:
 
 
 def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
-    """The gRPC status for a failure; details stay generic (they reach Envoy's logs)."""
+    """The gRPC status for a failure; details stay generic (they reach Envoy's logs).
+
+    Never INTERNAL or UNKNOWN for Check: ``on_error: grpc_error`` asks for a gRPC error, and
+    FAILED_PRECONDITION (the policy cannot decide) or UNAVAILABLE say which kind it is.
+    """
     if isinstance(exc, CheckError):
-        code = grpc.StatusCode.UNAVAILABLE if exc.unavailable else grpc.StatusCode.UNKNOWN
-        message = "authorization dependency unavailable" if exc.unavailable else "policy error"
+        if exc.unavailable:
+            code, message = grpc.StatusCode.UNAVAILABLE, "authorization dependency unavailable"
+        else:
+            code, message = grpc.StatusCode.FAILED_PRECONDITION, "policy error"
+    elif service == "authz":
+        code, message = grpc.StatusCode.UNAVAILABLE, "authorization unavailable"
     elif isinstance(exc, RateLimitUnavailable):
         code, message = grpc.StatusCode.UNAVAILABLE, "rate limit backend unavailable"
     elif isinstance(exc, RateLimitRequestError):
@@ -73,6 +84,24 @@ def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
         code, message = grpc.StatusCode.INTERNAL, "internal error"
     GRPC_ERRORS.labels(service, code.name).inc()
     return code, message
+
+
+def _check_failed(service: AuthzService, exc: Exception) -> Any:
+    """The answer to a Check that raised: a CheckResponse, or (code, message) to abort with.
+
+    ``AuthzService.check`` is total and raises only CheckError (``on_error: grpc_error``); any
+    other exception comes from the plumbing around it (the loop bridge's wait, the deadline).
+    That is answered with a 503 denial rather than a gRPC error, which Envoy's
+    ``failure_mode_allow`` would let through unjudged, unless grpc_error was asked for.
+    """
+    if not isinstance(exc, CheckError):
+        log.error("check_plumbing_failed", error=type(exc).__name__, where=describe(exc))
+        CHECK_FAILURES.labels("server", type(exc).__name__).inc()
+        if service.settings.policy.on_error != "grpc_error":
+            return denied_response(
+                503, grpc_code=code_pb2.UNAVAILABLE, body="service unavailable"
+            )
+    return _map_error("authz", exc)
 
 
 async def _within_deadline(
@@ -123,8 +152,10 @@ class AioAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
                 context, self.service.check(request), CHECK_SPAN, _check_carrier(request)
             )
         except Exception as exc:  # the process must never crash on a request
-            code, message = _map_error("authz", exc)
-            await context.abort(code, message)
+            answer = _check_failed(self.service, exc)
+            if not isinstance(answer, tuple):
+                return answer
+            await context.abort(*answer)
         finally:
             self.tracker.end()
 
@@ -174,8 +205,10 @@ class ThreadedAuthorization(external_auth_pb2_grpc.AuthorizationServicer):
                 context, self.service.check(request), CHECK_SPAN, _check_carrier(request)
             ))
         except Exception as exc:
-            code, message = _map_error("authz", exc)
-            context.abort(code, message)
+            answer = _check_failed(self.service, exc)
+            if not isinstance(answer, tuple):
+                return answer
+            context.abort(*answer)
         finally:
             self.tracker.end()
 

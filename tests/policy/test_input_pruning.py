@@ -343,16 +343,20 @@ def test_partial_build_equals_pruned_full_build(tree):
 
 
 def test_bad_input_is_refused_whatever_the_policies_read():
-    """The documented 400s do not depend on what the policies reference."""
-    json_type = {"content-type": "application/json"}
-    for request in (
-        check_request("/x", method="POST", headers=json_type, body="{not json"),
-        check_request("/a/../b"),
-        check_request("/%zz"),
-    ):
+    """The documented 400s for the path and query do not depend on what the policies
+    reference; a body is parsed (and refused) only when a policy reads it."""
+    for request in (check_request("/a/../b"), check_request("/%zz")):
         view = RequestView.from_check_request(request)
         with pytest.raises(ValueError):
             build_input(view, BodySettings(), {})
+    json_type = {"content-type": "application/json"}
+    bad_body = check_request("/x", method="POST", headers=json_type, body="{not json")
+    view = RequestView.from_check_request(bad_body)
+    assert "parsed_body" not in build_input(view, BodySettings(), {"parsed_path": None})
+    with pytest.raises(ValueError):
+        build_input(view, BodySettings(), {"parsed_body": None})
+    with pytest.raises(ValueError):
+        build_input(view, BodySettings(), {"truncated_body": None})
 
 
 # -- identical decisions -------------------------------------------------------------------
@@ -488,12 +492,24 @@ async def test_engine_gets_only_what_policies_read_and_prune_input_false_turns_i
     await service.close()
 
 
-async def test_malformed_json_body_is_still_400_when_no_policy_reads_the_body():
-    service = await service_for(REPO_POLICIES, True, default_path="envoy/authz/allow")
-    assert "parsed_body" not in service.engine.input_needs
+async def test_body_is_parsed_only_when_a_policy_reads_it(tmp_path):
+    """Issue 9: a body no loaded policy reads is never parsed (costs nothing, refused never),
+    whether the input is pruned, unpruned or logged whole; one that a policy reads is."""
     request = check_request(
         "/x", method="POST", headers={"content-type": "application/json"}, body="{nope"
     )
+    logged = {"decision_log": {"include_input": True}}
+    for prune_input, extra in ((True, {}), (False, {}), (True, logged)):
+        service = await service_for(
+            REPO_POLICIES, prune_input, default_path="envoy/authz/allow", **extra
+        )
+        assert "parsed_body" not in service.engine.input_needs
+        assert status_of(await service.check(request)) == 200
+        await service.close()
+    (tmp_path / "body.rego").write_text(
+        POLICY.format(rule='allow if input.parsed_body.ok == true')
+    )
+    service = await service_for(tmp_path, True, default_path="app/allow")
     assert status_of(await service.check(request)) == 400
     await service.close()
 
