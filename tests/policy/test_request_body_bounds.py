@@ -180,13 +180,13 @@ def test_form_decoding_equals_parse_qs_for_valid_forms():
 
 
 def test_content_type_dispatch_is_a_table_others_can_extend(monkeypatch):
-    def parse_grpc(content_type: str, data: bytes, limits: BodyLimits) -> object:
-        return {"grpc": len(data)}
+    def parse_cbor(content_type: str, data: bytes, limits: BodyLimits) -> object:
+        return {"cbor": len(data)}
 
     monkeypatch.setattr(
-        request_body, "BODY_PARSERS", [*request_body.BODY_PARSERS, ("application/grpc", parse_grpc)]
+        request_body, "BODY_PARSERS", [*request_body.BODY_PARSERS, ("application/cbor", parse_cbor)]
     )
-    assert parse("application/grpc+proto", b"\x00\x00\x00\x00\x01x") == ({"grpc": 6}, False)
+    assert parse("application/cbor", b"\x00\x00\x00\x00\x01x") == ({"cbor": 6}, False)
     assert parse("text/plain", b"x") == (None, False)
     with pytest.raises(BodyError):
         parse("application/json; " + "x" * 5000, b"{}")
