@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from sidegate.ratelimit.config.keys import check_keys
 from sidegate.ratelimit.config.limits import parse_rule
 from sidegate.ratelimit.config.model import Algorithm, DescriptorNode, Domain, Level, RuleSet
 from sidegate.ratelimit.config.tiers import compile_tiers
+from sidegate.ratelimit.wildcard import WildcardPattern
 
 if TYPE_CHECKING:
     from sidegate.ratelimit.settings import RateLimitSettings
@@ -67,12 +67,9 @@ def _string(file: str, raw: dict[str, Any], field: str) -> str:
     return str(value)
 
 
-def wildcard_pattern(composite: str) -> re.Pattern[str]:
+def wildcard_pattern(composite: str) -> WildcardPattern:
     """``*`` matches any run of characters (none included), anywhere in ``key_value``."""
-    return re.compile(
-        "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", composite)),
-        re.DOTALL,
-    )
+    return WildcardPattern(composite)
 
 
 class _Loader:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from sidegate.ratelimit.wildcard import WildcardPattern
 
 Algorithm = Literal["token_bucket", "fixed_window"]
 
@@ -67,7 +69,7 @@ class DescriptorNode:
     value: str  # "" for a key-only node
     rule: Rule | None
     children: Level
-    pattern: re.Pattern[str] | None = None  # set when value contains "*"
+    pattern: WildcardPattern | None = None  # set when value contains "*"
     share_threshold: bool = False
     detailed_metric: bool = False
     value_to_metric: bool = False
