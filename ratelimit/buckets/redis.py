@@ -22,6 +22,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sidegate.common import deadline
 from sidegate.ratelimit.buckets.base import (
@@ -55,12 +56,14 @@ class DeadlineReached(BackendUnavailable):
 
 
 def _never_sent(exc: BaseException) -> bool:
-    """True for a connection error raised while connecting, before the command was sent.
+    """True for a connection error or connect timeout raised while connecting, before the
+    command was sent.
 
     redis-py wraps connect and send errors in the same ConnectionError (both chained to an
-    OSError), so the traceback is the one place that says which phase failed.
+    OSError), and connect and read timeouts in the same TimeoutError, so the traceback is the
+    one place that says which phase failed.
     """
-    if not isinstance(exc, RedisConnectionError):
+    if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return False
     for frame, _ in traceback.walk_tb(exc.__traceback__):
         code = frame.f_code
@@ -173,8 +176,9 @@ class RedisBackend:
         for attempt in (1, 2):
             try:
                 return await self._evalsha(keys, args)
-            except RedisConnectionError as exc:
-                # A pooled connection that a Redis restart or failover broke: one new try.
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # A pooled connection that a Redis restart or failover broke, or a connect that
+                # timed out: one new try, inside the same overall bound.
                 if attempt == 2 or not _never_sent(exc):
                     raise
         raise AssertionError("unreachable")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 import structlog
 from redis.asyncio.connection import Connection
 
@@ -230,3 +231,31 @@ async def test_corrupted_key_uses_the_domains_failure_mode(
         assert service.backend.up  # type: ignore[union-attr]
     finally:
         await service.close()
+
+
+async def test_only_errors_raised_while_connecting_count_as_never_sent(
+    redis_server: RedisServer, admin: redis.Redis
+) -> None:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from sidegate.ratelimit.buckets.redis import _never_sent
+    from tests.conftest import free_port
+
+    no_retry = Retry(NoBackoff(), 0)
+    refused = redis.asyncio.Redis(port=free_port(), retry=no_retry)
+    with pytest.raises(redis.exceptions.ConnectionError) as connect_error:
+        await refused.eval("return 1", 0)
+    await refused.aclose()
+    assert _never_sent(connect_error.value)
+
+    slow = redis.asyncio.Redis.from_url(redis_server.url, socket_timeout=0.2, retry=no_retry)
+    await slow.ping()
+    admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        with pytest.raises(redis.exceptions.TimeoutError) as read_timeout:
+            await slow.eval("return redis.call('INCR', 'x')", 0)
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+        await slow.aclose()
+    assert not _never_sent(read_timeout.value)
