@@ -219,7 +219,7 @@ class RateLimitService:
                 entries = tuple((e.key, e.value) for e in descriptor.entries)
                 if descriptor.HasField("limit"):
                     match = override_match(
-                        request.domain, entries, descriptor.limit, self.settings.default_algorithm
+                        request.domain, entries, descriptor.limit, domain.default_algorithm
                     )
                 else:
                     match = self._find(rules, domain, entries)

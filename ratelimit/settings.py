@@ -16,6 +16,7 @@ from pydantic import (
 
 FailureMode = Literal["error", "allow", "local"]
 Algorithm = Literal["token_bucket", "fixed_window"]
+DefaultAlgorithm = Literal["auto", "token_bucket", "fixed_window"]
 
 
 class _Strict(BaseModel):
@@ -94,8 +95,11 @@ class RateLimitSettings(_Strict):
     # failure_mode_deny decides), an OK answer, or in-process buckets with the same limits.
     failure_mode: FailureMode = "error"
     failure_mode_by_domain: dict[str, FailureMode] = Field(default_factory=dict)
-    # Algorithm of rules that name none; fixed_window counts exactly like envoyproxy/ratelimit.
-    default_algorithm: Algorithm = "token_bucket"
+    # Algorithm of rules that name none. auto: a rule file in envoyproxy/ratelimit's format (no
+    # sidegate extension key) counts in its epoch-aligned fixed windows, exactly as upstream
+    # answers; a file that uses sidegate's extensions (tiers, burst, limits, ...) gets token
+    # buckets. token_bucket / fixed_window: that algorithm for every file.
+    default_algorithm: DefaultAlgorithm = "auto"
     # envoyproxy/ratelimit counts rejected hits in fixed windows; False makes them all-or-nothing
     # like token buckets (a refused request charges no fixed window at all).
     fixed_window_count_rejected: bool = True

@@ -9,6 +9,8 @@ if TYPE_CHECKING:
     from sidegate.ratelimit.wildcard import WildcardPattern
 
 Algorithm = Literal["token_bucket", "fixed_window"]
+# "auto": fixed_window for files in upstream's format, token_bucket for files using extensions.
+DefaultAlgorithm = Literal["auto", "token_bucket", "fixed_window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,9 @@ class Domain:
     name: str
     root: Level
     files: list[str] = field(default_factory=list)
+    # The algorithm of rules naming none, as resolved for this domain's files (limit overrides
+    # sent by Envoy use it too).
+    default_algorithm: Algorithm = "token_bucket"
 
 
 @dataclass(slots=True)
