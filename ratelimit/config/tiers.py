@@ -1,6 +1,7 @@
 """Tiers: named quota sets compiled into the same descriptor tree Envoy's descriptors walk.
 
-A ``tiers`` block in a domain file::
+A ``tiers`` block at the top of a domain file, or under any descriptor (tiers behind a prefix
+such as ``generic_key: api``)::
 
     tiers:
       tier_key: tier            # descriptor entry carrying the tier (sidegate metadata `tier`)
@@ -15,8 +16,8 @@ A ``tiers`` block in a domain file::
         enterprise: {unlimited: true}
 
 becomes ``tier=<name> -> consumer`` nodes plus a key-only ``tier -> consumer`` node holding the
-default tier's quotas, so plain envoyproxy/ratelimit matching applies and an explicit
-``descriptors`` entry for the same key is a duplicate-key error.
+default tier's quotas, at the level where the block sits, so plain envoyproxy/ratelimit matching
+applies and an explicit ``descriptors`` entry for the same key is a duplicate-key error.
 """
 
 from __future__ import annotations
