@@ -220,7 +220,13 @@ def load_rules(
     loader = _Loader(default_algorithm, merge)
     files = rule_files(directory)
     for path in files:
-        loader.load_file(path)
+        try:
+            loader.load_file(path)
+        except RecursionError:
+            # Descriptors nested thousands deep: an error naming the file, never a traceback.
+            raise RuleConfigError(
+                str(path), "error loading config file: the document is nested too deeply"
+            ) from None
     return RuleSet(domains=loader.domains, files=tuple(str(p) for p in files))
 
 

@@ -301,3 +301,17 @@ def test_upstream_keys_stay_accepted_at_any_depth(tmp_path: Path) -> None:
         "    rate_limit: {unit: second, requests_per_unit: 1}\n",
     )
     assert rules.rule_count == 1
+
+
+@pytest.mark.parametrize("depth", [200, 5000])
+def test_deeply_nested_descriptors_are_an_error_not_a_traceback(tmp_path: Path, depth: int) -> None:
+    nested = "{key: leaf}"
+    for _ in range(depth):
+        nested = "{key: k, descriptors: [" + nested + "]}"
+    try:
+        load_one(tmp_path, f"domain: d\ndescriptors: [{nested}]\n")
+    except RuleConfigError as exc:
+        assert exc.file == str(tmp_path / "config.yaml")
+        assert "nested too deeply" in exc.problem
+    else:
+        assert depth < 1000  # shallow enough to load
