@@ -118,3 +118,16 @@ def test_a_store_of_exhausted_buckets_stays_bounded(clock: FakeClock) -> None:
         _take(backend, f"k{i}", 1, 3_600_000)
     assert len(backend) == 10
     assert not _take(backend, "k99", 1, 3_600_000)  # the newest is still exact
+
+
+def test_a_sharded_store_keeps_the_exhausted_bucket_too(clock: FakeClock) -> None:
+    """Above 4,096 buckets the store is split in shards; the guarantee holds in each."""
+    backend = MemoryBackend(clock=clock, max_keys=12_000)
+    assert len(backend._shards) == 2
+    assert [_take(backend, "victim", 1, 3_600_000) for _ in range(2)] == [True, False]
+    for i in range(36_000):
+        _take(backend, f"flood-{i}", 10, 3_600_000)
+    assert len(backend) <= 12_000
+    assert not _take(backend, "victim", 1, 3_600_000)
+    clock.advance(3600)
+    assert _take(backend, "victim", 1, 3_600_000)
