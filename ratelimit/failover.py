@@ -67,12 +67,20 @@ class FailoverBackend:
             results = await self.primary.take(buckets)
         except BackendUnavailable as exc:
             metrics.BACKEND_ERRORS.labels(self.name).inc()
-            self._mark_down(str(exc))
+            if not getattr(exc, "backend_healthy", False):
+                self._mark_down(str(exc))
             return self._fallback(buckets, mode, str(exc))
         self._take_seconds.observe(time.perf_counter() - started)
         if not self.up:
             self._mark_up()
         return results, None
+
+    def fallback(
+        self, buckets: Sequence[BucketRequest], mode: FailureMode, reason: str
+    ) -> tuple[list[BucketResult] | None, str | None]:
+        """The failure mode for one request whose buckets the backend could not use, while
+        the backend itself answers (a corrupted key): nothing is marked down."""
+        return self._fallback(buckets, mode, reason)
 
     def _fallback(
         self, buckets: Sequence[BucketRequest], mode: FailureMode, reason: str

@@ -45,6 +45,11 @@ BACKEND_SECONDS = Histogram(
 BACKEND_ERRORS = Counter(
     "sidegate_ratelimit_backend_errors_total", "Failed backend takes", ["backend"]
 )
+BUCKET_ERRORS = Counter(
+    "sidegate_ratelimit_bucket_errors_total",
+    "Requests failed by an unusable bucket key (wrong type, corrupted value); not an outage",
+    ["domain"],
+)
 BACKEND_UP = Gauge(
     "sidegate_ratelimit_backend_up", "1 while the shared backend answers", ["backend"]
 )

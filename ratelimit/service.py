@@ -14,7 +14,13 @@ from envoy.service.ratelimit.v3 import rls_pb2
 
 from sidegate.common import tracing
 from sidegate.ratelimit import metrics
-from sidegate.ratelimit.buckets.base import Backend, BackendUnavailable, BucketRequest, BucketResult
+from sidegate.ratelimit.buckets.base import (
+    Backend,
+    BackendUnavailable,
+    BucketError,
+    BucketRequest,
+    BucketResult,
+)
 from sidegate.ratelimit.buckets.memory import MemoryBackend
 from sidegate.ratelimit.config.errors import RuleConfigError
 from sidegate.ratelimit.config.loader import load_from_settings
@@ -103,9 +109,10 @@ class RateLimitService:
             backend = FailoverBackend(
                 RedisBackend.from_settings(settings.redis),
                 retry_interval=settings.redis.retry_interval_seconds,
+                local=MemoryBackend(max_keys=settings.memory.max_keys),
             )
         else:
-            backend = MemoryBackend()
+            backend = MemoryBackend(max_keys=settings.memory.max_keys)
         cache = None
         # An in-process store needs no shortcut: it already answers without a round trip.
         if settings.local_cache.enabled and settings.backend == "redis":
@@ -232,7 +239,7 @@ class RateLimitService:
                 entries = tuple((e.key, e.value) for e in descriptor.entries)
                 if descriptor.HasField("limit"):
                     match = override_match(
-                        request.domain, entries, descriptor.limit, self.settings.default_algorithm
+                        request.domain, entries, descriptor.limit, domain.default_algorithm
                     )
                 else:
                     match = self._find(rules, domain, entries)
@@ -300,6 +307,7 @@ class RateLimitService:
         if templates is None:
             rule = match.rule
             enforce = not (rule.shadow_mode or rule.quota_mode or self.settings.quota_mode)
+            stop = self.settings.stop_cache_key_increment_when_overlimit
             templates = tuple(
                 BucketRequest(
                     key=_bucket_key(domain, limit, match.counter_path),
@@ -312,14 +320,16 @@ class RateLimitService:
                     always_charge=(
                         limit.algorithm == "fixed_window"
                         and self.settings.fixed_window_count_rejected
+                        and not stop
                     ),
+                    stop_increment=limit.algorithm == "fixed_window" and stop,
                 )
                 for limit in rule.limits
             )
             match.buckets = templates  # a memoised Match keeps its keys
         buckets = [
             BucketRequest(t.key, t.algorithm, t.limit, t.window_ms, t.burst, hits, t.enforce,
-                          t.always_charge)
+                          t.always_charge, t.stop_increment)
             for t in templates
         ]
         return _Checked(index=index, match=match, hits=hits, buckets=buckets)
@@ -328,6 +338,7 @@ class RateLimitService:
         self, domain: str, checked: list[_Checked], outcomes: list[DescriptorOutcome]
     ) -> str | None:
         flat = [bucket for item in checked for bucket in item.buckets]
+        flat_rules = [item.match.rule.stat_key for item in checked for _ in item.buckets]
         cache = self.over_limit_cache
         # Seconds-to-reset of buckets the over-limit cache already knows (None: ask the store).
         known: list[float | None] = [
@@ -337,18 +348,20 @@ class RateLimitService:
             left is not None and b.enforce for left, b in zip(known, flat, strict=True)
         )
         to_store = []
-        for bucket, left in zip(flat, known, strict=True):
+        store_rules = []
+        for bucket, left, rule in zip(flat, known, flat_rules, strict=True):
             if left is not None:
                 continue
             if refused_locally and not bucket.always_charge:
                 # The request is refused already: look at the others without charging them.
                 bucket = dataclasses.replace(bucket, hits=0)
             to_store.append(bucket)
+            store_rules.append(rule)
         degraded: str | None = None
         results: list[BucketResult] | None = []
         if to_store:
             with tracing.span("sidegate.bucket_take", **{"sidegate.buckets": len(to_store)}):
-                results, degraded = await self._backend_take(domain, to_store)
+                results, degraded = await self._backend_take(domain, to_store, store_rules)
         if results is None:
             return degraded  # failure mode "allow": every descriptor is OK, no limit reported
         answered = iter(results)
@@ -373,14 +386,32 @@ class RateLimitService:
         return degraded
 
     async def _backend_take(
-        self, domain: str, buckets: list[BucketRequest]
+        self, domain: str, buckets: list[BucketRequest], rules: list[str]
     ) -> tuple[list[BucketResult] | None, str | None]:
         backend = self.backend
         if isinstance(backend, FailoverBackend):
+            mode = self.settings.failure_mode_for(domain)
             try:
-                return await backend.take(buckets, self.settings.failure_mode_for(domain))
+                return await backend.take(buckets, mode)
             except BackendUnavailable as exc:
                 raise RateLimitUnavailable(f"rate limit backend unavailable: {exc}") from None
+            except BucketError as exc:
+                # One corrupted key fails this request only: the backend is not down.
+                involved = sorted(set(rules if exc.index is None else [rules[exc.index]]))
+                metrics.BUCKET_ERRORS.labels(domain).inc()
+                log.error(
+                    "ratelimit_bucket_error",
+                    domain=domain,
+                    rules=involved,
+                    failure_mode=mode,
+                    error=str(exc),
+                )
+                try:
+                    return backend.fallback(buckets, mode, str(exc))
+                except BackendUnavailable:
+                    raise RateLimitUnavailable(
+                        f"rate limit bucket unusable for rule {', '.join(involved)}"
+                    ) from None
         return await backend.take(buckets), None
 
     def _outcome(

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 FailureMode = Literal["error", "allow", "local"]
 Algorithm = Literal["token_bucket", "fixed_window"]
+DefaultAlgorithm = Literal["auto", "token_bucket", "fixed_window"]
 
 
 class _Strict(BaseModel):
@@ -54,6 +62,14 @@ class LocalCacheSettings(_Strict):
     max_entries: int = Field(default=100_000, ge=1)
 
 
+class MemorySettings(_Strict):
+    """The in-process buckets (backend ``memory``, and failure mode ``local``)."""
+
+    # Most buckets kept. Past it the store forgets expired (full) buckets first, then the least
+    # recently used ones that still have room; exhausted buckets go last (docs/ratelimit.md).
+    max_keys: int = Field(default=1_000_000, ge=1)
+
+
 class ResponseHeaderSettings(_Strict):
     """Optional RateLimit-* response headers, named as envoyproxy/ratelimit names them."""
 
@@ -74,15 +90,22 @@ class RateLimitSettings(_Strict):
     rules_dir: Path = Path("examples/ratelimit")
     backend: Literal["memory", "redis"] = "memory"
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     # What a call gets when Redis fails or is slow: a gRPC UNAVAILABLE (Envoy's
     # failure_mode_deny decides), an OK answer, or in-process buckets with the same limits.
     failure_mode: FailureMode = "error"
     failure_mode_by_domain: dict[str, FailureMode] = Field(default_factory=dict)
-    # Algorithm of rules that name none; fixed_window counts exactly like envoyproxy/ratelimit.
-    default_algorithm: Algorithm = "token_bucket"
+    # Algorithm of rules that name none. auto: a rule file in envoyproxy/ratelimit's format (no
+    # sidegate extension key) counts in its epoch-aligned fixed windows, exactly as upstream
+    # answers; a file that uses sidegate's extensions (tiers, burst, limits, ...) gets token
+    # buckets. token_bucket / fixed_window: that algorithm for every file.
+    default_algorithm: DefaultAlgorithm = "auto"
     # envoyproxy/ratelimit counts rejected hits in fixed windows; False makes them all-or-nothing
-    # like token buckets (its STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, in one round trip).
+    # like token buckets (a refused request charges no fixed window at all).
     fixed_window_count_rejected: bool = True
+    # envoyproxy/ratelimit's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT, for fixed windows: when a
+    # window of the request goes over, that one is charged and the request's others are not.
+    stop_cache_key_increment_when_overlimit: bool = False
     # envoyproxy/ratelimit's MERGE_DOMAIN_CONFIG: several files may extend one domain.
     merge_domain_config: bool = False
     # Global SHADOW_MODE / QUOTA_MODE of envoyproxy/ratelimit.
@@ -98,6 +121,15 @@ class RateLimitSettings(_Strict):
     detailed_metric_max_series: int = Field(default=1000, ge=0)
 
     _resolve_rules_dir = field_validator("rules_dir")(_resolve)
+
+    @model_validator(mode="after")
+    def _one_charging_rule(self) -> RateLimitSettings:
+        if self.stop_cache_key_increment_when_overlimit and not self.fixed_window_count_rejected:
+            raise ValueError(
+                "stop_cache_key_increment_when_overlimit and fixed_window_count_rejected: false "
+                "are two different charging rules for fixed windows: set one"
+            )
+        return self
 
     def failure_mode_for(self, domain: str) -> FailureMode:
         return self.failure_mode_by_domain.get(domain, self.failure_mode)

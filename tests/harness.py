@@ -142,6 +142,10 @@ class SidegateProcess:
         cfg.setdefault("ratelimit", {}).setdefault(
             "rules_dir", str(REPO_ROOT / "examples" / "ratelimit")
         )
+        # Upstream-format rule files count in epoch-aligned fixed windows by default
+        # (default_algorithm auto): a minute boundary during a test would reset its counts.
+        # Token buckets make "5 a minute, the 6th is refused" independent of the wall clock.
+        cfg["ratelimit"].setdefault("default_algorithm", "token_bucket")
         server = cfg.setdefault("server", {})
         server["grpc_address"] = f"127.0.0.1:{self.grpc_port}"
         server["admin_address"] = f"127.0.0.1:{self.admin_port}"

@@ -11,6 +11,18 @@ class BackendUnavailable(Exception):
     """The store could not answer (down, slow past its timeout, or refused the command)."""
 
 
+class BucketError(Exception):
+    """The store answered, but one request's buckets could not be used (a key holding the
+    wrong type or a corrupted value). Only that request fails; the backend is not down.
+
+    ``index`` is the position of the offending bucket in the take, when the store knows it.
+    """
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
 @dataclass(frozen=True, slots=True)
 class BucketRequest:
     key: str
@@ -24,6 +36,9 @@ class BucketRequest:
     enforce: bool = True
     # Charged even when refused or when another bucket refuses (envoyproxy/ratelimit counting).
     always_charge: bool = False
+    # envoyproxy/ratelimit's STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT: when a bucket of the
+    # request is over, the first such bucket is charged anyway and these spare all the others.
+    stop_increment: bool = False
 
 
 @dataclass(frozen=True, slots=True)

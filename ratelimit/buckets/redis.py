@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import traceback
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
@@ -19,12 +20,70 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sidegate.ratelimit.buckets.base import BackendUnavailable, BucketRequest, BucketResult
+from sidegate.common import deadline
+from sidegate.ratelimit.buckets.base import (
+    BackendUnavailable,
+    BucketError,
+    BucketRequest,
+    BucketResult,
+)
 from sidegate.ratelimit.settings import RedisSettings
 
 _ALGORITHM_CODES = {"token_bucket": "1", "fixed_window": "2"}
+
+# Errors about the keys of one request, not about Redis: the script's own check of what it
+# reads ("SIDEGATE_BADKEY <i>"), a command on a key of another type, a Lua runtime error.
+_BAD_KEY = "SIDEGATE_BADKEY"
+_PER_KEY_ERRORS = ("WRONGTYPE", "user_script", "Error running script")
+
+# Where redis-py opens a connection. An error raised inside these frames happened before any
+# byte of the command was written, so sending the command again cannot charge twice.
+_CONNECT_FRAMES = frozenset({"connect", "connect_check_health", "_connect"})
+_CONNECTION_MODULE = "redis/asyncio/connection.py"
+
+
+class DeadlineReached(BackendUnavailable):
+    """The gRPC call's remaining time, shorter than the Redis timeout, ran out first.
+
+    The call gets its failure mode, but Redis is not marked down for it.
+    """
+
+    backend_healthy = True
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """True for a connection error or connect timeout raised while connecting, before the
+    command was sent.
+
+    redis-py wraps connect and send errors in the same ConnectionError (both chained to an
+    OSError), and connect and read timeouts in the same TimeoutError, so the traceback is the
+    one place that says which phase failed.
+    """
+    if not isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return False
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        code = frame.f_code
+        if code.co_name in _CONNECT_FRAMES and code.co_filename.replace("\\", "/").endswith(
+            _CONNECTION_MODULE
+        ):
+            return True
+    return False
+
+
+def _per_key_error(exc: ResponseError) -> BucketError | None:
+    message = str(exc)
+    if message.startswith(_BAD_KEY):
+        _, _, position = message.partition(" ")
+        index = int(position) - 1 if position.strip().isdigit() else None
+        return BucketError("a bucket key holds a value sidegate did not write", index)
+    if any(marker in message for marker in _PER_KEY_ERRORS):
+        # Redis' message names the script and the failing command, never the key's content.
+        return BucketError(f"redis: {message.splitlines()[0][:200]}")
+    return None
 
 
 def take_script() -> str:
@@ -43,8 +102,10 @@ def client_from_settings(settings: RedisSettings) -> Any:
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout_seconds,
         "socket_connect_timeout": settings.connect_timeout_seconds,
-        # One immediate retry replaces a connection a Redis restart broke; no backoff sleeps.
-        "retry": Retry(NoBackoff(), 1),
+        # redis-py retries nothing: by default it sends a command again after a TimeoutError or
+        # a broken connection, and a script that had already run would be charged twice.
+        # RedisBackend retries by itself, only when the command was certainly never sent.
+        "retry": Retry(NoBackoff(), 0),
     }
     url = settings.url
     parts = urlsplit(url)
@@ -110,6 +171,26 @@ class RedisBackend:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def _run(self, keys: list[str], args: list[str | int]) -> Any:
+        """EVALSHA; sent again only when it certainly never left (see ``_never_sent``)."""
+        for attempt in (1, 2):
+            try:
+                return await self._evalsha(keys, args)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                # A pooled connection that a Redis restart or failover broke, or a connect that
+                # timed out: one new try, inside the same overall bound.
+                if attempt == 2 or not _never_sent(exc):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _evalsha(self, keys: list[str], args: list[str | int]) -> Any:
+        try:
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # A restarted or failed-over Redis forgot the script (NOSCRIPT: nothing ran).
+            await self.client.script_load(self.script)
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+
     async def take(self, buckets: Sequence[BucketRequest]) -> list[BucketResult]:
         prefix = self.key_prefix
         keys = [prefix + b.key for b in buckets]
@@ -117,17 +198,28 @@ class RedisBackend:
         for b in buckets:
             args += (
                 _ALGORITHM_CODES[b.algorithm], b.limit, b.window_ms, b.burst, b.hits,
-                1 if b.enforce else 0, 1 if b.always_charge else 0,
+                1 if b.enforce else 0, 1 if b.always_charge else 2 if b.stop_increment else 0,
             )
         try:
-            async with asyncio.timeout(self.timeout), self._slots:
-                try:
-                    raw = await self.client.evalsha(self.sha, len(keys), *keys, *args)
-                except NoScriptError:
-                    # A restarted or failed-over Redis forgot the script: load it, once.
-                    await self.client.script_load(self.script)
-                    raw = await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except (RedisError, OSError, TimeoutError) as exc:
+            # The configured timeout, cut to what is left of the gRPC call.
+            bound = deadline.bound(self.timeout)
+        except deadline.DeadlineExceeded:
+            raise DeadlineReached("redis: the call's deadline passed before asking") from None
+        try:
+            async with asyncio.timeout(bound), self._slots:
+                raw = await self._run(keys, args)
+        except ResponseError as exc:
+            per_key = _per_key_error(exc)
+            if per_key is not None:
+                raise per_key from None
+            raise BackendUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            if bound < self.timeout:
+                raise DeadlineReached(
+                    f"redis: no answer within the call's remaining {bound:.3f} s"
+                ) from None
+            raise BackendUnavailable(f"redis: no answer within {bound:.3f} s") from None
+        except (RedisError, OSError) as exc:
             raise BackendUnavailable(f"redis: {type(exc).__name__}: {exc}") from None
         return [
             BucketResult(bool(raw[i]), int(raw[i + 1]), int(raw[i + 2]), int(raw[i + 3]))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -12,8 +11,16 @@ import yaml
 from sidegate.ratelimit.config.errors import RuleConfigError
 from sidegate.ratelimit.config.keys import check_keys
 from sidegate.ratelimit.config.limits import parse_rule
-from sidegate.ratelimit.config.model import Algorithm, DescriptorNode, Domain, Level, RuleSet
+from sidegate.ratelimit.config.model import (
+    Algorithm,
+    DefaultAlgorithm,
+    DescriptorNode,
+    Domain,
+    Level,
+    RuleSet,
+)
 from sidegate.ratelimit.config.tiers import compile_tiers
+from sidegate.ratelimit.wildcard import WildcardPattern
 
 if TYPE_CHECKING:
     from sidegate.ratelimit.settings import RateLimitSettings
@@ -67,16 +74,23 @@ def _string(file: str, raw: dict[str, Any], field: str) -> str:
     return str(value)
 
 
-def wildcard_pattern(composite: str) -> re.Pattern[str]:
+def wildcard_pattern(composite: str) -> WildcardPattern:
     """``*`` matches any run of characters (none included), anywhere in ``key_value``."""
-    return re.compile(
-        "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", composite)),
-        re.DOTALL,
-    )
+    return WildcardPattern(composite)
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The node tree (for key positions and lines) and the Python value of one document."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 class _Loader:
-    def __init__(self, settings_algorithm: Algorithm, merge: bool) -> None:
+    def __init__(self, settings_algorithm: DefaultAlgorithm, merge: bool) -> None:
         self.algorithm = settings_algorithm
         self.merge = merge
         self.domains: dict[str, Domain] = {}
@@ -84,20 +98,29 @@ class _Loader:
     def load_file(self, path: Path) -> None:
         file = str(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            node, raw = _parse(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise _yaml_error(file, exc) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise RuleConfigError(file, f"error loading config file: {exc}") from None
+        except RecursionError:
+            raise RuleConfigError(
+                file, "error loading config file: yaml: the document is nested too deeply"
+            ) from None
+        report = check_keys(file, node)
         if raw is None:
             raw = {}
-        if isinstance(raw, list):
-            check_keys(file, raw)
         if not isinstance(raw, dict):
             raise RuleConfigError(
                 file, "error loading config file: yaml: the top level must be a map"
             )
-        check_keys(file, raw)
+        # "auto": a file in upstream's format (no sidegate extension) counts as upstream
+        # does, in fixed windows; a file that uses sidegate's extensions gets token buckets.
+        algorithm: Algorithm
+        if self.algorithm == "auto":
+            algorithm = "token_bucket" if report.uses_extensions else "fixed_window"
+        else:
+            algorithm = self.algorithm
         domain_name = _string(file, raw, "domain")
         if not domain_name:
             raise RuleConfigError(file, "config file cannot have empty domain")
@@ -105,18 +128,23 @@ class _Loader:
         if domain is not None and not self.merge:
             raise RuleConfigError(file, f"duplicate domain '{domain_name}' in config file")
         if domain is None:
-            domain = self.domains[domain_name] = Domain(name=domain_name, root=Level())
+            domain = self.domains[domain_name] = Domain(
+                name=domain_name, root=Level(), default_algorithm=algorithm
+            )
+        elif algorithm != domain.default_algorithm:
+            # Merged files disagree: limit overrides for the domain use token buckets.
+            domain.default_algorithm = "token_bucket"
         domain.files.append(file)
         descriptors = raw.get("descriptors") or []
         if not isinstance(descriptors, list):
             raise RuleConfigError(
                 file, "error loading config file: yaml: descriptors must be a list"
             )
-        self._load_level(file, domain.root, descriptors, f"{domain_name}.")
+        prefix = f"{domain_name}."
+        self._load_level(file, domain.root, descriptors, prefix, algorithm)
         if "tiers" in raw:
-            nodes = compile_tiers(file, domain_name, raw["tiers"], self.algorithm)
-            for node in nodes:
-                self._add(file, domain.root, node, f"{domain_name}.")
+            for tier_node in compile_tiers(file, prefix, raw["tiers"], algorithm):
+                self._add(file, domain.root, tier_node, prefix)
 
     def _add(self, file: str, level: Level, node: DescriptorNode, parent: str) -> None:
         composite = node.composite
@@ -126,7 +154,14 @@ class _Loader:
         if node.pattern is not None:
             level.wildcards.append(node)
 
-    def _load_level(self, file: str, level: Level, descriptors: Iterable[Any], parent: str) -> None:
+    def _load_level(
+        self,
+        file: str,
+        level: Level,
+        descriptors: Iterable[Any],
+        parent: str,
+        algorithm: Algorithm,
+    ) -> None:
         for raw in descriptors:
             key = _string(file, raw, "key")
             if not key:
@@ -148,7 +183,7 @@ class _Loader:
                 rule = parse_rule(
                     file,
                     raw["rate_limit"],
-                    default_algorithm=self.algorithm,
+                    default_algorithm=algorithm,
                     stat_key=stat_key,
                     shadow_mode=shadow,
                     quota_mode=quota,
@@ -171,17 +206,27 @@ class _Loader:
                 raise RuleConfigError(
                     file, "error loading config file: yaml: descriptors must be a list"
                 )
-            self._load_level(file, node.children, children, f"{stat_key}.")
+            self._load_level(file, node.children, children, f"{stat_key}.", algorithm)
+            if "tiers" in raw:
+                # Tiers behind a prefix: tier -> consumer nodes below this descriptor.
+                for tier_node in compile_tiers(file, f"{stat_key}.", raw["tiers"], algorithm):
+                    self._add(file, node.children, tier_node, f"{stat_key}.")
 
 
 def load_rules(
-    directory: Path, *, default_algorithm: Algorithm = "token_bucket", merge: bool = False
+    directory: Path, *, default_algorithm: DefaultAlgorithm = "auto", merge: bool = False
 ) -> RuleSet:
     """Every rule file of ``directory`` in one RuleSet, or RuleConfigError for the first bad one."""
     loader = _Loader(default_algorithm, merge)
     files = rule_files(directory)
     for path in files:
-        loader.load_file(path)
+        try:
+            loader.load_file(path)
+        except RecursionError:
+            # Descriptors nested thousands deep: an error naming the file, never a traceback.
+            raise RuleConfigError(
+                str(path), "error loading config file: the document is nested too deeply"
+            ) from None
     return RuleSet(domains=loader.domains, files=tuple(str(p) for p in files))
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from sidegate.ratelimit.wildcard import WildcardPattern
 
 Algorithm = Literal["token_bucket", "fixed_window"]
+# "auto": fixed_window for files in upstream's format, token_bucket for files using extensions.
+DefaultAlgorithm = Literal["auto", "token_bucket", "fixed_window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,7 @@ class DescriptorNode:
     value: str  # "" for a key-only node
     rule: Rule | None
     children: Level
-    pattern: re.Pattern[str] | None = None  # set when value contains "*"
+    pattern: WildcardPattern | None = None  # set when value contains "*"
     share_threshold: bool = False
     detailed_metric: bool = False
     value_to_metric: bool = False
@@ -83,6 +87,9 @@ class Domain:
     name: str
     root: Level
     files: list[str] = field(default_factory=list)
+    # The algorithm of rules naming none, as resolved for this domain's files (limit overrides
+    # sent by Envoy use it too).
+    default_algorithm: Algorithm = "token_bucket"
 
 
 @dataclass(slots=True)

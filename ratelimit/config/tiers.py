@@ -1,6 +1,7 @@
 """Tiers: named quota sets compiled into the same descriptor tree Envoy's descriptors walk.
 
-A ``tiers`` block in a domain file::
+A ``tiers`` block at the top of a domain file, or under any descriptor (tiers behind a prefix
+such as ``generic_key: api``)::
 
     tiers:
       tier_key: tier            # descriptor entry carrying the tier (sidegate metadata `tier`)
@@ -15,8 +16,8 @@ A ``tiers`` block in a domain file::
         enterprise: {unlimited: true}
 
 becomes ``tier=<name> -> consumer`` nodes plus a key-only ``tier -> consumer`` node holding the
-default tier's quotas, so plain envoyproxy/ratelimit matching applies and an explicit
-``descriptors`` entry for the same key is a duplicate-key error.
+default tier's quotas, at the level where the block sits, so plain envoyproxy/ratelimit matching
+applies and an explicit ``descriptors`` entry for the same key is a duplicate-key error.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ def _node(key: str, value: str, rule: Any, children: Level) -> DescriptorNode:
 
 
 def compile_tiers(
-    file: str, domain: str, raw: Any, default_algorithm: Algorithm
+    file: str, parent: str, raw: Any, default_algorithm: Algorithm
 ) -> list[DescriptorNode]:
-    """Descriptor nodes for the domain's top level, in order: one per tier, then the default."""
+    """Descriptor nodes for one level, in order: one per tier, then the default.
+
+    ``parent`` is the stat path of that level with a trailing dot: ``"<domain>."`` at the top,
+    ``"<domain>.generic_key_api."`` for tiers behind a ``generic_key: api`` descriptor.
+    """
     if not isinstance(raw, dict):
         raise RuleConfigError(file, "tiers must be a map")
     tier_key = raw.get("tier_key", "tier")
@@ -55,12 +60,12 @@ def compile_tiers(
     nodes = []
     for name, quota in quotas.items():
         nodes.append(
-            _tier_node(file, domain, tier_key, str(name), consumer_key, quota, default_algorithm)
+            _tier_node(file, parent, tier_key, str(name), consumer_key, quota, default_algorithm)
         )
     nodes.append(
         _tier_node(
             file,
-            domain,
+            parent,
             tier_key,
             "",
             consumer_key,
@@ -74,7 +79,7 @@ def compile_tiers(
 
 def _tier_node(
     file: str,
-    domain: str,
+    parent: str,
     tier_key: str,
     tier: str,
     consumer_key: str,
@@ -83,7 +88,7 @@ def _tier_node(
     stat_tier: str | None = None,
 ) -> DescriptorNode:
     # Unknown tiers are counted under the default tier's name so metric series stay bounded.
-    tier_stat = f"{domain}.{tier_key}_{stat_tier or tier}"
+    tier_stat = f"{parent}{tier_key}_{stat_tier or tier}"
     stat_key = f"{tier_stat}.{consumer_key}" if consumer_key else tier_stat
     rule = parse_rule(file, quota, default_algorithm=default_algorithm, stat_key=stat_key)
     if not consumer_key:

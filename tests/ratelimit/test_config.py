@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sidegate.ratelimit.config import RuleConfigError, load_rules, validate
+from sidegate.ratelimit.config import RuleConfigError, RuleSet, load_rules, validate
 from sidegate.ratelimit.config.units import UNIT_ENUM
 from sidegate.ratelimit.settings import RateLimitSettings
 from tests.conftest import REPO_ROOT
@@ -43,14 +43,15 @@ descriptors:
 """
 
 
-def load_one(tmp_path: Path, text: str, name: str = "config.yaml") -> None:
-    load_rules(write_rules(tmp_path, {name: text}))
+def load_one(tmp_path: Path, text: str, name: str = "config.yaml") -> RuleSet:
+    return load_rules(write_rules(tmp_path, {name: text}))
 
 
 def error_of(tmp_path: Path, text: str) -> str:
+    """The message without the line (upstream's text); lines are tested on their own."""
     with pytest.raises(RuleConfigError) as info:
         load_one(tmp_path, text)
-    return str(info.value)
+    return f"{info.value.file}: {info.value.problem}"
 
 
 def test_upstream_file_loads_unchanged(tmp_path: Path) -> None:
@@ -217,3 +218,100 @@ def test_settings_resolve_paths_and_reject_bad_prefix(tmp_path: Path) -> None:
         RateLimitSettings.model_validate({"redis": {"key_prefix": "{x}:"}})
     with pytest.raises(ValidationError):
         RateLimitSettings.model_validate({"unknown": 1})
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        # Extension keys where they mean nothing: upstream's unknown-key error, with the line.
+        ("domain: d\nburst: 3\n", "burst", 2),
+        ("domain: d\ndescriptors:\n  - key: k\n    window: 5m\n", "window", 4),
+        ("domain: d\ndescriptors:\n  - key: k\n    algorithm: fixed_window\n", "algorithm", 4),
+        ("domain: d\ndescriptors:\n  - key: k\n    limits: []\n", "limits", 4),
+        ("domain: d\ndefault: free\n", "default", 2),
+        ("domain: d\nquotas: {free: {unit: second, requests_per_unit: 1}}\n", "quotas", 2),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      unit: second\n"
+            "      requests_per_unit: 1\n      tiers: {}\n",
+            "tiers", 7,
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      limits:\n"
+            "        - {unit: second, requests_per_unit: 1, limits: []}\n",
+            "limits", 6,
+        ),
+        (
+            "domain: d\ntiers:\n  default: a\n  burst: 2\n  quotas: {a: {unit: second, "
+            "requests_per_unit: 1}}\n",
+            "burst", 4,
+        ),
+        (
+            "domain: d\ntiers:\n  default: a\n  quotas:\n    a: {unit: second, "
+            "requests_per_unit: 1, default: a}\n",
+            "default", 5,
+        ),
+        (
+            "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, "
+            "requests_per_unit: 1, replaces: [{name: x, burst: 1}]}\n",
+            "burst", 4,
+        ),
+        ("domain: d\n\n\ndescriptors:\n  - key: k\n    bogus: 1\n", "bogus", 6),
+    ],
+)
+def test_extension_keys_only_where_they_mean_something(
+    tmp_path: Path, text: str, key: str, line: int
+) -> None:
+    with pytest.raises(RuleConfigError) as info:
+        load_one(tmp_path, text)
+    assert info.value.problem == f"config error, unknown key '{key}'"
+    assert info.value.line == line
+    assert str(info.value) == (
+        f"{tmp_path / 'config.yaml'}: line {line}: config error, unknown key '{key}'"
+    )
+
+
+def test_extension_keys_where_they_belong_load(tmp_path: Path) -> None:
+    rules = load_one(tmp_path, """
+        domain: d
+        tiers:
+          tier_key: tier
+          consumer_key: consumer
+          default: a
+          quotas:
+            a: {requests_per_unit: 1, window: 5m, burst: 2, algorithm: token_bucket}
+            b: {limits: [{requests_per_unit: 1, unit: second, burst: 2}]}
+        descriptors:
+          - key: k
+            rate_limit:
+              limits:
+                - {requests_per_unit: 1, window: 30s, algorithm: fixed_window}
+          - key: api
+            tiers:
+              default: a
+              quotas: {a: {requests_per_unit: 1, unit: minute}}
+        """)
+    assert rules.rule_count > 0
+
+
+def test_upstream_keys_stay_accepted_at_any_depth(tmp_path: Path) -> None:
+    """Upstream's whitelist is flat; sidegate stays as lenient for upstream's own keys."""
+    rules = load_one(
+        tmp_path,
+        "domain: d\ndescriptors:\n  - key: k\n    unit: second\n"
+        "    rate_limit: {unit: second, requests_per_unit: 1}\n",
+    )
+    assert rules.rule_count == 1
+
+
+@pytest.mark.parametrize("depth", [200, 5000])
+def test_deeply_nested_descriptors_are_an_error_not_a_traceback(tmp_path: Path, depth: int) -> None:
+    nested = "{key: leaf}"
+    for _ in range(depth):
+        nested = "{key: k, descriptors: [" + nested + "]}"
+    try:
+        load_one(tmp_path, f"domain: d\ndescriptors: [{nested}]\n")
+    except RuleConfigError as exc:
+        assert exc.file == str(tmp_path / "config.yaml")
+        assert "nested too deeply" in exc.problem
+    else:
+        assert depth < 1000  # shallow enough to load

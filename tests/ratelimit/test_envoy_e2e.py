@@ -4,6 +4,7 @@ Redis outage answered by the domain's failure mode."""
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from pathlib import Path
@@ -19,8 +20,8 @@ FREE_KEY = "sg_demo_free_0123456789abcdef"
 PREMIUM_KEY = "sg_demo_premium_0123456789abcdef"
 
 
-def _config(rules_dir: Path, **ratelimit: Any) -> dict[str, Any]:
-    store = {"type": "file", "path": str(REPO_ROOT / "examples" / "api-keys.yaml")}
+def _config(rules_dir: Path, keys: Path | None = None, **ratelimit: Any) -> dict[str, Any]:
+    store = {"type": "file", "path": str(keys or REPO_ROOT / "examples" / "api-keys.yaml")}
     return {
         "authz": {
             "policy": {"directory": str(REPO_ROOT / "policies")},
@@ -135,3 +136,33 @@ def test_redis_outage_through_envoy(tmp_path: Path, redis_server: RedisServer) -
         events = [r.get("event") for r in stack.sidegate.logs()]
         assert "ratelimit_backend_down" in events and "ratelimit_backend_up" in events
         assert stack.envoy.stats().get("cluster.upstream.ratelimit.error", 0) == 0
+
+
+def test_tiers_behind_a_generic_key_prefix(tmp_path: Path) -> None:
+    """examples/envoy.yaml's /api/ route sends [generic_key=api, tier, consumer] to domain
+    sidegate_tiers, whose tiers block sits under `generic_key: api` (examples/ratelimit/
+    tiers.yaml, as shipped, with the default algorithm)."""
+    bronze = "sg_test_bronze_0123456789abcdef"
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(
+        (REPO_ROOT / "examples" / "api-keys.yaml").read_text()
+        + f"  - digest: {hashlib.sha256(bronze.encode()).hexdigest()}\n"
+        "    consumer: test-bronze\n    tier: bronze\n    scopes: [hello:read]\n"
+    )
+    config = _config(_rules(tmp_path), keys)
+    config["ratelimit"]["default_algorithm"] = "auto"  # as shipped (the harness pins tokens)
+    with Stack.start(tmp_path, config) as stack:
+        def statuses(key: str, n: int) -> list[int]:
+            return [stack.request("GET", "/api/hello", {"x-api-key": key})[0] for _ in range(n)]
+
+        free = [stack.request("GET", "/api/hello", {"x-api-key": FREE_KEY}) for _ in range(6)]
+        assert [s for s, _, _ in free] == [200] * 5 + [429]
+        assert free[-1][1]["x-ratelimit-limit"] == "5, 5;w=60"
+        assert statuses(PREMIUM_KEY, 21) == [200] * 20 + [429]
+        # An unknown tier gets the default tier's quota (10 a minute), not "no limit".
+        assert statuses(bronze, 11) == [200] * 10 + [429]
+        # The route's quotas are the prefixed ones: "/" still has its own (free: 5).
+        assert stack.request("GET", "/hello", {"x-api-key": FREE_KEY})[0] == 200
+        metrics = stack.sidegate.metrics()
+        assert ('sidegate_ratelimit_rule_hits_total{domain="sidegate_tiers",kind="over_limit",'
+                'rule="sidegate_tiers.generic_key_api.tier_default.consumer"} 1.0') in metrics

@@ -26,6 +26,8 @@ async def build(tmp_path: Path, server: RedisServer, **settings: object) -> Rate
         redis={"url": server.url, "timeout_seconds": 0.2, "connect_timeout_seconds": 0.2,
                "retry_interval_seconds": 0},
         reload={"watch": False},
+        # Token buckets: counts that no hour boundary can reset in the middle of a test.
+        default_algorithm="token_bucket",
         **settings,
     )
     service = RateLimitService.from_settings(config)
