@@ -94,6 +94,8 @@ def test_over_limit_on_redis_is_a_429_and_explaining_takes_nothing(
         "authz": {"policy": {"directory": str(REPO_ROOT / "policies")}},
         "ratelimit": {
             "backend": "redis",
+            # The same algorithm (so the same buckets) in the server and in explain.
+            "default_algorithm": "token_bucket",
             "rules_dir": str(EXAMPLES / "ratelimit"),
             "redis": {"url": redis_url, "key_prefix": f"explain{tmp_path.name}:"},
         },
