@@ -238,8 +238,8 @@ class CaseSummary:
 
 
 def _null_label(backend: str) -> str:
-    kind, _, model = backend.partition("/")
-    return f"null/{model.split('+')[0].split(' ')[0]}"
+    model = backend.partition("/")[2]
+    return f"null/{model.split('+')[0].split('@')[0]}"
 
 
 def _metric(run: EnvoyRun, metric: str) -> float:
@@ -248,7 +248,6 @@ def _metric(run: EnvoyRun, metric: str) -> float:
 
 def _by_round(runs: Sequence[EnvoyRun], key: tuple[str, float, str], backend: str,
               metric: str = "rps") -> dict[int, float]:
-    workload, rate, case = key
     return {r.round: _metric(r, metric) for r in runs
             if (r.workload, r.rate, r.case) == key and r.backend == backend and r.valid}
 

@@ -75,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds per fixed-rate run (default: --duration)")
     p.add_argument("--skip-closed", action="store_true",
                    help="only the fixed-rate runs of the Envoy part")
+    p.add_argument("--compare-root", type=Path, default=None,
+                   help="another sidegate checkout (e.g. the tree before a change, made with "
+                        "git archive) run side by side as sidegate/<model>@before")
     p.add_argument("--sidegate-workers", type=lambda v: tuple(int(x) for x in _csv(v)),
                    default=(1,), help="server.workers of the sidegate backends; several "
                    "values (1,2) run side by side as sidegate/aio, sidegate/aio+2w, ...")
@@ -141,9 +144,19 @@ def _jsonable(value: Any) -> Any:
 
 def start_backends(labels: tuple[str, ...], workdir: Path, threads: int,
                    log_level: str, workload: Workload | None = None,
-                   workers: tuple[int, ...] = (1,)) -> list[Backend]:
+                   workers: tuple[int, ...] = (1,),
+                   compare_root: Path | None = None) -> list[Backend]:
     backends: list[Backend] = []
     try:
+        if compare_root is not None:
+            for label in labels:
+                kind, _, model = label.partition("/")
+                if kind == "sidegate":
+                    backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
+                                      log_level=log_level, workload=workload,
+                                      name_suffix="@before", repo_root=compare_root.resolve())
+                    backends.append(backend)
+                    backend.start()
         for label in labels:
             kind, _, model = label.partition("/")
             for count in workers if kind == "sidegate" else (1,):
@@ -202,7 +215,8 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
                             if name == "realistic" and redis is not None
                             else anonymous_workload())
                 mine = start_backends(sidegates, workdir, args.threads,
-                                      args.sidegate_log_level, workload, args.sidegate_workers)
+                                      args.sidegate_log_level, workload, args.sidegate_workers,
+                                      args.compare_root)
                 try:
                     runs += _workload_runs(args, workdir, [*backends, *mine], workload)
                 finally:

@@ -74,16 +74,18 @@ def find_binary(name: str, hint: str) -> str:
 class Child:
     """One subprocess with its output in ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path,
+                 cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
 
@@ -146,7 +148,7 @@ class Backend:
 
     def __init__(self, kind: BackendKind, model: Model, workdir: Path, threads: int = 16,
                  log_level: str = "info", workload: Any = None, workers: int = 1,
-                 name_suffix: str = "") -> None:
+                 name_suffix: str = "", repo_root: Path = REPO_ROOT) -> None:
         self.kind = kind
         self.model = model
         self.threads = threads
@@ -154,12 +156,15 @@ class Backend:
         self.workload = workload
         self.workers = workers
         self.name_suffix = name_suffix
+        # Another checkout of sidegate (``--compare-root``): run from there, with its policies,
+        # so a before/after comparison shares every round's machine load.
+        self.repo_root = repo_root
         self.grpc_port = free_port()
         self.admin_port = free_port()
         self.workdir = workdir
         self.log_level = log_level
         log_path = workdir / f"{self.label.replace('/', '-')}.log"
-        self.child = Child(self.label, self._argv(), log_path)
+        self.child = Child(self.label, self._argv(), log_path, cwd=repo_root)
 
     @property
     def label(self) -> str:
@@ -189,14 +194,14 @@ class Backend:
         if self.workers != 1:
             server["workers"] = self.workers
         if self.workload is not None:
-            return {"server": server, "authz": self.workload.authz,
-                    "ratelimit": self.workload.ratelimit}
-        return {
+            return _rebase({"server": server, "authz": self.workload.authz,
+                            "ratelimit": self.workload.ratelimit}, self.repo_root)
+        return _rebase({
             "server": server,
             "authz": {"policy": {"engine": "embedded",
                                  "directory": str(REPO_ROOT / "policies")}},
             "ratelimit": {"backend": "memory", "rules_dir": str(BENCH_RULES_DIR)},
-        }
+        }, self.repo_root)
 
     def start(self, timeout: float = 60.0) -> None:
         self.child.spawn()
@@ -217,6 +222,19 @@ class Backend:
             for pid in _children(self.child.pid):
                 total += _cpu_of(pid)
         return total
+
+
+def _rebase(value: Any, root: Path) -> Any:
+    """Paths into this checkout rewritten into ``root`` (the compared checkout)."""
+    if root == REPO_ROOT:
+        return value
+    if isinstance(value, dict):
+        return {k: _rebase(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(str(REPO_ROOT) + "/"):
+        return str(root) + value[len(str(REPO_ROOT)):]
+    return value
 
 
 def _children(pid: int) -> list[int]:

@@ -73,7 +73,7 @@ if RATE > 0 then
     local wait = due - now
     if wait < -1000 then late = late + 1 end  -- more than 1 ms behind its slot
     if wait <= 0 then return 0 end
-    return math.floor(wait / 1000 + 0.5)
+    return math.ceil(wait / 1000)  -- never before its slot
   end
   response = function(status, headers, body)
     local due = headers["x-bench-t"]
