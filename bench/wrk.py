@@ -58,9 +58,14 @@ request = function()
     wrk.headers["Authorization"] = "Bearer " .. tokens[(n % #tokens) + 1]
   end
   if RATE > 0 then
-    if t0 == nil then t0 = now_us() end
-    wrk.headers["x-bench-t"] = string.format("%d", t0 + math.floor(sent * 1000000 / RATE))
-    sent = sent + 1
+    if reserved > sent then
+      -- a paced send: the oldest slot delay() reserved and no request has used yet
+      wrk.headers["x-bench-t"] = string.format("%d", t0 + math.floor(sent * 1000000 / RATE))
+      sent = sent + 1
+    else
+      -- wrk builds one request per thread before any connection is paced: no slot of its own
+      wrk.headers["x-bench-t"] = string.format("%d", now_us())
+    end
   end
   return wrk.format(nil, PATHS[(n % #PATHS) + 1])
 end
