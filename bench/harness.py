@@ -2,6 +2,10 @@
 
     python -m bench.harness --runs 3 --duration 10 --connections 32
 
+The headline workload is ``realistic`` (rotating RS256 JWTs, the RBAC policy, three Redis
+buckets per request); ``anonymous`` is the cache-friendly best case. ``--rates`` adds fixed-rate
+runs whose latency is measured from each request's scheduled send time (bench/wrk.py).
+
 prints one table per part and writes everything measured to ``bench/results/<UTC time>.json``.
 Every run ends by itself; all traffic stays on 127.0.0.1. See bench/README.md.
 """
@@ -23,14 +27,16 @@ from typing import Any
 from bench.envoy_bench import (
     CASE_LABELS,
     EnvoyBenchOptions,
+    EnvoyRun,
     model_comparison,
     render,
     run_envoy_bench,
     summarize,
 )
 from bench.grpc_load import render_grpc, run_grpc_bench, summarize_grpc
-from bench.procs import BENCH_DIR, Backend, BenchError, find_binary
+from bench.procs import BENCH_DIR, Backend, BenchError, RedisServer, find_binary
 from bench.stats import Spread
+from bench.workload import WORKLOADS, Workload, anonymous_workload, realistic_workload
 from bench.wrk import wrk_binary
 
 DEFAULT_BACKENDS = ("null/aio", "null/threads", "sidegate/aio", "sidegate/threads")
@@ -53,8 +59,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="thread-pool size of the 'threads' server model (null and sidegate)")
     p.add_argument("--cases", type=_csv, default=("authz", "ratelimit", "both"),
                    help=f"Envoy cases, from {','.join(CASE_LABELS)}")
-    p.add_argument("--backends", type=_csv, default=DEFAULT_BACKENDS,
+    p.add_argument("--backends", type=_csv, default=("null/aio", "sidegate/aio"),
                    help="servers to compare: null/aio,null/threads,sidegate/aio,sidegate/threads")
+    p.add_argument("--workloads", type=_csv, default=WORKLOADS,
+                   help="realistic (rotating JWTs, RBAC, 3 Redis buckets) and/or anonymous "
+                        "(cache-friendly best case)")
+    p.add_argument("--tokens", type=int, default=1000,
+                   help="distinct JWTs the realistic workload rotates over")
+    p.add_argument("--rates", type=lambda v: tuple(float(x) for x in _csv(v)), default=(),
+                   help="fixed-rate runs at these total req/s (e.g. 250,500,1000), after the "
+                        "closed-loop runs, latency from the schedule (wrk2-style)")
+    p.add_argument("--rate-cases", type=_csv, default=("both",),
+                   help="cases of the fixed-rate runs")
+    p.add_argument("--rate-duration", type=float, default=None,
+                   help="seconds per fixed-rate run (default: --duration)")
+    p.add_argument("--skip-closed", action="store_true",
+                   help="only the fixed-rate runs of the Envoy part")
+    p.add_argument("--compare-root", type=Path, default=None,
+                   help="another sidegate checkout (e.g. the tree before a change, made with "
+                        "git archive) run side by side as sidegate/<model>@before")
+    p.add_argument("--sidegate-workers", type=lambda v: tuple(int(x) for x in _csv(v)),
+                   default=(1,), help="server.workers of the sidegate backends; several "
+                   "values (1,2) run side by side as sidegate/aio, sidegate/aio+2w, ...")
     p.add_argument("--sidegate-log-level", default="info",
                    choices=("debug", "info", "warning", "error"),
                    help="info = one JSON line per call, as in production")
@@ -73,6 +99,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [b for b in args.backends if b not in DEFAULT_BACKENDS]
     if bad:
         p.error(f"unknown backend(s) {bad}; choose from {list(DEFAULT_BACKENDS)}")
+    bad = [w for w in args.workloads if w not in WORKLOADS]
+    if bad:
+        p.error(f"unknown workload(s) {bad}; choose from {list(WORKLOADS)}")
+    if any(w < 1 for w in args.sidegate_workers) or any(r <= 0 for r in args.rates):
+        p.error("--sidegate-workers and --rates must be positive")
     if args.runs < 1 or args.duration <= 0 or args.connections < 1:
         p.error("--runs, --duration and --connections must be positive")
     return args
@@ -112,15 +143,28 @@ def _jsonable(value: Any) -> Any:
 
 
 def start_backends(labels: tuple[str, ...], workdir: Path, threads: int,
-                   log_level: str) -> list[Backend]:
+                   log_level: str, workload: Workload | None = None,
+                   workers: tuple[int, ...] = (1,),
+                   compare_root: Path | None = None) -> list[Backend]:
     backends: list[Backend] = []
     try:
+        if compare_root is not None:
+            for label in labels:
+                kind, _, model = label.partition("/")
+                if kind == "sidegate":
+                    backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
+                                      log_level=log_level, workload=workload,
+                                      name_suffix="@before", repo_root=compare_root.resolve())
+                    backends.append(backend)
+                    backend.start()
         for label in labels:
             kind, _, model = label.partition("/")
-            backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
-                              log_level=log_level)
-            backends.append(backend)
-            backend.start()
+            for count in workers if kind == "sidegate" else (1,):
+                backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
+                                  log_level=log_level, workload=workload, workers=count,
+                                  name_suffix="" if count == 1 else f"+{count}w")
+                backends.append(backend)
+                backend.start()
     except BaseException:
         for backend in backends:
             backend.stop()
@@ -156,22 +200,31 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     sections = []
     rejected = 0
     ok = False
-    backends = start_backends(args.backends, workdir, args.threads, args.sidegate_log_level)
+    nulls = tuple(b for b in args.backends if b.startswith("null/"))
+    sidegates = tuple(b for b in args.backends if b.startswith("sidegate/"))
+    redis: RedisServer | None = None
+    backends = start_backends(nulls, workdir, args.threads, args.sidegate_log_level)
     try:
         if not args.skip_envoy:
-            opts = EnvoyBenchOptions(
-                runs=args.runs, duration_s=args.duration, warmup_s=args.warmup,
-                connections=args.connections, wrk_threads=args.wrk_threads,
-                envoy_concurrency=args.envoy_concurrency, cases=args.cases,
-            )
-            print(f"HTTP through Envoy: {args.connections} connections, {args.duration:g}s x "
-                  f"{args.runs} runs, Envoy concurrency {args.envoy_concurrency}", flush=True)
-            runs = run_envoy_bench(workdir, backends, opts,
-                                   progress=lambda s: print(s, flush=True))
+            runs = []
+            for name in args.workloads:
+                if name == "realistic" and redis is None:
+                    redis = RedisServer(workdir)
+                    redis.start()
+                workload = (realistic_workload(workdir, redis.url, args.tokens)
+                            if name == "realistic" and redis is not None
+                            else anonymous_workload())
+                mine = start_backends(sidegates, workdir, args.threads,
+                                      args.sidegate_log_level, workload, args.sidegate_workers,
+                                      args.compare_root)
+                try:
+                    runs += _workload_runs(args, workdir, [*backends, *mine], workload)
+                finally:
+                    for backend in mine:
+                        backend.stop()
             summaries = summarize(runs)
             rejected += sum(not r.valid for r in runs)
             output["envoy"] = {
-                "options": asdict(opts),
                 "runs": [asdict(r) for r in runs],
                 "summary": [s.as_dict() for s in summaries],
                 "threads_over_aio": {
@@ -181,6 +234,9 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
                 },
             }
             sections.append("== HTTP through Envoy (wrk) ==\n" + render(summaries, runs))
+        if sidegates and not args.skip_grpc:
+            backends += start_backends(sidegates, workdir, args.threads,
+                                       args.sidegate_log_level)
         if not args.skip_grpc:
             print(f"gRPC without Envoy ({args.grpc_client} client): {args.grpc_concurrency} "
                   f"calls in flight on {args.grpc_channels} connections", flush=True)
@@ -199,6 +255,8 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     finally:
         for backend in backends:
             backend.stop()
+        if redis is not None:
+            redis.stop()
         meta["loadavg_after"] = os.getloadavg()
         if ok and not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -211,6 +269,31 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     before, after = meta["loadavg_before"][0], meta["loadavg_after"][0]
     load = f"load average {before:.2f} before, {after:.2f} after"
     return "\n\n".join([*sections, f"{load}; results: {result_path}"]), rejected
+
+
+def _workload_runs(args: argparse.Namespace, workdir: Path, backends: list[Backend],
+                   workload: Workload) -> list[EnvoyRun]:
+    """The workload's closed-loop rounds, then its fixed-rate rounds."""
+    common = {
+        "duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
+        "wrk_threads": args.wrk_threads, "envoy_concurrency": args.envoy_concurrency,
+        "workload": workload.name, "paths": workload.paths, "tokens_file": workload.tokens_file,
+        "extra_descriptors": workload.extra_descriptors, "path": workload.paths[0],
+    }
+    progress = lambda line: print(line, flush=True)  # noqa: E731
+    runs: list[EnvoyRun] = []
+    if not args.skip_closed:
+        print(f"[{workload.name}] {workload.label}: {args.connections} connections, "
+              f"{args.duration:g}s x {args.runs} runs, Envoy concurrency "
+              f"{args.envoy_concurrency}", flush=True)
+        opts = EnvoyBenchOptions(runs=args.runs, cases=args.cases, **common)
+        runs += run_envoy_bench(workdir, backends, opts, progress=progress)
+    for rate in args.rates:
+        print(f"[{workload.name}] fixed rate {rate:g} req/s", flush=True)
+        paced = {**common, "duration_s": args.rate_duration or args.duration}
+        opts = EnvoyBenchOptions(runs=args.runs, cases=args.rate_cases, rate=rate, **paced)
+        runs += run_envoy_bench(workdir, backends, opts, progress=progress)
+    return runs
 
 
 if __name__ == "__main__":

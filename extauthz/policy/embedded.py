@@ -15,7 +15,7 @@ import re
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,12 @@ from sidegate.extauthz.policy.decision_cache import (
 )
 from sidegate.extauthz.policy.determinism import Finding, nondeterminism
 from sidegate.extauthz.policy.engine import UNDEFINED, EvalResult, PolicyError
-from sidegate.extauthz.policy.input_paths import PathTree, referenced_paths
+from sidegate.extauthz.policy.input_paths import (
+    PathTree,
+    entrypoint_paths,
+    prune,
+    referenced_paths,
+)
 from sidegate.extauthz.policy.rule_conflicts import find_conflicts
 from sidegate.extauthz.policy.sources import (
     PolicySourceError,
@@ -163,6 +168,8 @@ class CompiledPolicies:
     generation: int = 0
     # Why decisions of this bundle must not be cached (empty: they may be), see determinism.
     cache_blockers: tuple[Finding, ...] = ()
+    # Per entrypoint, the (smaller) input paths the packages it reaches can read.
+    entry_paths: dict[str, PathTree] = field(default_factory=dict)
 
 
 def compile_policies(
@@ -242,6 +249,8 @@ def _compile(sources: PolicySources | Path, required_paths: Iterable[str]) -> Co
         input_paths,
         next(_generations),
         tuple(blockers),
+        entrypoint_paths([(m.package, m.text) for m in modules], points)
+        if input_paths is not None else {},
     )
 
 
@@ -392,7 +401,11 @@ class EmbeddedEngine:
 
     def evaluate_json(self, path: str, input_json: str) -> EvalResult:
         """Evaluate with an input already serialised (the fast path, no dict round trip)."""
-        compiled = self._compiled
+        return self._evaluate_on(self._compiled, path, input_json)
+
+    def _evaluate_on(
+        self, compiled: CompiledPolicies | None, path: str, input_json: str
+    ) -> EvalResult:
         if compiled is None:
             raise PolicyError("no policy bundle loaded", outage=True)
         entrypoint = path.strip("/")
@@ -435,4 +448,11 @@ class EmbeddedEngine:
         return value
 
     async def evaluate(self, path: str, input_doc: dict[str, Any]) -> EvalResult:
-        return self.evaluate_json(path, json.dumps(input_doc, separators=(",", ":")))
+        compiled = self._compiled
+        tree = compiled.entry_paths.get(path.strip("/")) if compiled is not None else None
+        if tree is not None:
+            # Only what this entrypoint can read: a smaller input, and a cache key per role
+            # rather than per token when the policy reads roles, not subjects.
+            input_doc = prune(input_doc, tree)
+        # The bundle whose tree pruned the input decides on it, even if a reload swaps it now.
+        return self._evaluate_on(compiled, path, json.dumps(input_doc, separators=(",", ":")))

@@ -296,3 +296,63 @@ def prune(document: Any, tree: PathTree | None) -> Any:
     if tree is None or not isinstance(document, dict):
         return document
     return {key: prune(value, tree[key]) for key, value in document.items() if key in tree}
+
+
+def _data_refs(tokens: list[Token]) -> list[list[str]]:
+    """The static key paths of every ``data`` reference in one module; Unresolvable when one
+    is not static (``data[x]``, bare ``data``): it could reach any package."""
+    refs = []
+    for index, token in enumerate(tokens):
+        if token.kind != "ident" or token.text != "data" or _is(tokens, index - 1, "punct", "."):
+            continue
+        keys = _static_ref(tokens, index)
+        if not keys:
+            _raise_at_token(token, "the whole data document is used")
+        refs.append(keys)
+    return refs
+
+
+def _overlaps(a: Sequence[str], b: Sequence[str]) -> bool:
+    """One path is a prefix of the other: ``data.a.b`` may read package ``a.b.c`` (a
+    subtree) and package ``a`` (its rule ``b``)."""
+    n = min(len(a), len(b))
+    return list(a[:n]) == list(b[:n])
+
+
+def entrypoint_paths(
+    modules: Sequence[tuple[str, str]], entrypoints: Iterable[str]
+) -> dict[str, PathTree]:
+    """Per entrypoint (``pkg/sub/rule``), the input paths the modules it can reach may read.
+
+    ``modules`` are (package, text). An entrypoint reaches the packages its path overlaps and,
+    transitively, those their ``data`` references overlap; only their modules' reads count.
+    So ``rbac/decision`` is not charged for ``owner``'s ``input.identity.subject``, and the
+    decision cache keys an RBAC decision per role rather than per token. An entrypoint whose
+    reach cannot be bounded (a dynamic ``data`` reference, an unresolvable ``input`` use) is
+    left out: the caller keeps the whole-bundle tree for it.
+    """
+    try:
+        parsed = [(pkg.split("."), tokenize(text)) for pkg, text in modules]
+        object_get = all(_only_builtin_calls(tokens, "object") for _, tokens in parsed)
+        refs = [_data_refs(tokens) for _, tokens in parsed]
+    except Unresolvable:
+        return {}
+    out: dict[str, PathTree] = {}
+    for entrypoint in entrypoints:
+        start = [k for k in entrypoint.strip("/").split("/") if k]
+        wanted = [start]
+        reached: set[int] = set()
+        while wanted:
+            ref = wanted.pop()
+            for index, (package, _) in enumerate(parsed):
+                if index not in reached and _overlaps(package, ref):
+                    reached.add(index)
+                    wanted.extend(refs[index])
+        tree: dict[str, Any] = {}
+        try:
+            for index in sorted(reached):
+                _module_paths(parsed[index][1], tree, object_get)
+        except Unresolvable:
+            continue
+        out[entrypoint.strip("/")] = tree
+    return out

@@ -12,9 +12,9 @@ import rego.v1
 
 method := input.attributes.request.http.method
 
-subject := object.get(object.get(input, "identity", {}), "subject", "")
+subject := object.get(input, ["identity", "subject"], "")
 
-is_admin if "admin" in object.get(object.get(input, "identity", {}), "roles", [])
+is_admin if "admin" in object.get(input, ["identity", "roles"], [])
 
 own_record if {
 	input.parsed_path[0] == "users"

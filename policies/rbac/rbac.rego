@@ -32,7 +32,12 @@ request_path := concat("/", array.concat([""], input.parsed_path))
 
 method := input.attributes.request.http.method
 
-identity := object.get(input, "identity", {})
+# Only the identity fields this policy decides on are read (never the whole input.identity with
+# its claims): sidegate then hands the engine just these fields, and caches a decision per role
+# rather than per token.
+roles := object.get(input, ["identity", "roles"], [])
+
+scopes := object.get(input, ["identity", "scopes"], [])
 
 matching contains route if {
 	some route in routes
@@ -52,13 +57,13 @@ granted if {
 
 granted if {
 	some route in matching
-	some role in object.get(identity, "roles", [])
+	some role in roles
 	role in object.get(route, "roles", [])
 }
 
 granted if {
 	some route in matching
-	some scope in object.get(identity, "scopes", [])
+	some scope in scopes
 	scope in object.get(route, "scopes", [])
 }
 
@@ -66,7 +71,7 @@ default allow := false
 
 allow if granted
 
-authenticated if object.get(identity, "authenticated", false) == true
+authenticated if object.get(input, ["identity", "authenticated"], false) == true
 
 default decision := {
 	"allowed": false,

@@ -19,9 +19,9 @@ required_roles := [
 
 request_path := concat("/", array.concat([""], input.parsed_path))
 
-identity := object.get(input, "identity", {})
+roles := object.get(input, ["identity", "roles"], [])
 
-authenticated if object.get(identity, "authenticated", false) == true
+authenticated if object.get(input, ["identity", "authenticated"], false) == true
 
 is_public if {
 	some pattern in public
@@ -32,7 +32,7 @@ missing_roles contains role if {
 	some rule in required_roles
 	glob.match(rule.path, ["/"], request_path)
 	role := rule.role
-	not role in object.get(identity, "roles", [])
+	not role in roles
 }
 
 problem(status, title, detail) := json.marshal({

@@ -21,7 +21,7 @@ gated := [
 
 request_path := concat("/", array.concat([""], input.parsed_path))
 
-caller_tier := object.get(object.get(input, "identity", {}), "tier", "free")
+caller_tier := object.get(input, ["identity", "tier"], "free")
 
 # Unknown tiers rank lowest.
 rank(tier) := i if {

@@ -30,7 +30,7 @@ def test_envoy_bench_all_cases_both_kinds_both_models(tmp_path: Path, capsys) ->
         "--runs", "1", "--duration", "1", "--warmup", "0", "--connections", "4",
         "--wrk-threads", "1", "--threads", "4", "--cases", "authz,ratelimit,both",
         "--backends", "null/aio,sidegate/threads,null/threads,sidegate/aio", "--skip-grpc",
-        "--results-dir", str(tmp_path),
+        "--workloads", "anonymous", "--results-dir", str(tmp_path),
     ])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -47,6 +47,29 @@ def test_envoy_bench_all_cases_both_kinds_both_models(tmp_path: Path, capsys) ->
     ratios = {(s["case"], s["backend"]): s["vs_null"] for s in data["summary"]}
     assert ratios[("both", "sidegate/aio")]["n"] == 1
     assert "sidegate/null" in out.out and "ext_authz + rate limit" in out.out
+
+
+def test_realistic_workload_and_fixed_rate_runs_verify(tmp_path: Path, capsys) -> None:
+    """Rotating JWTs, the RBAC policy, three Redis buckets; one closed-loop and one paced run
+    per backend. Only that they run and verify: a paced run reports latency from the schedule."""
+    code = harness.main([
+        "--runs", "1", "--duration", "1", "--warmup", "0", "--connections", "4",
+        "--wrk-threads", "1", "--cases", "both", "--backends", "null/aio,sidegate/aio",
+        "--workloads", "realistic", "--tokens", "20", "--rates", "20", "--skip-grpc",
+        "--results-dir", str(tmp_path),
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    runs = _result(tmp_path)["envoy"]["runs"]
+    assert {(r["backend"], r["rate"]) for r in runs} == {
+        (b, rate) for b in ("null/aio", "sidegate/aio") for rate in (0.0, 20.0)}
+    for run in runs:
+        assert run["workload"] == "realistic" and run["requests"] > 0
+        assert run["counters"]["cluster.upstream.ext_authz.ok"] >= run["requests"]
+        assert run["counters"]["cluster.upstream.ratelimit.ok"] >= run["requests"]
+        if run["rate"]:
+            assert run["paced_p99_ms"] > 0  # the schedule's latencies were collected
+    assert "fixed rate" in out.out and "[realistic]" in out.out
 
 
 def test_grpc_load_checks_every_answer(tmp_path: Path, capsys) -> None:
@@ -66,7 +89,8 @@ def test_grpc_load_checks_every_answer(tmp_path: Path, capsys) -> None:
 
 def test_missing_wrk_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    code = harness.main(["--runs", "1", "--duration", "1", "--results-dir", str(tmp_path)])
+    code = harness.main(["--runs", "1", "--duration", "1", "--workloads", "anonymous",
+                         "--results-dir", str(tmp_path)])
     assert code == 1
     assert "wrk is not installed" in capsys.readouterr().err
     assert not list(tmp_path.glob("bench-*.json"))
@@ -96,7 +120,7 @@ def test_bench_envoy_config_keeps_only_the_case_filters() -> None:
         "ratelimit": ["envoy.filters.http.ratelimit"],
         "both": ["envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit"],
     }.items():
-        cfg = bench_envoy_config(case, ports, backend_port=4)
+        cfg = bench_envoy_config(case, ports, backend_port=4, extra_descriptors=True)
         ingress = next(x for x in cfg["static_resources"]["listeners"] if x["name"] == "ingress")
         hcm = ingress["filter_chains"][0]["filters"][0]["typed_config"]
         names = [f["name"] for f in hcm["http_filters"]]
@@ -104,6 +128,10 @@ def test_bench_envoy_config_keeps_only_the_case_filters() -> None:
         clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
         port_of = lambda c: c["load_assignment"]["endpoints"][0]["lb_endpoints"][0][  # noqa: E731
             "endpoint"]["address"]["socket_address"]["port_value"]
+        routes = ingress["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+            "virtual_hosts"][0]["routes"]
+        root = next(r for r in routes if r["match"].get("prefix") == "/")
+        assert len(root["route"]["rate_limits"]) == 3  # tier/consumer + the two extra
         assert port_of(clusters["sidegate"]) == 4
         assert port_of(clusters["upstream"]) == 3
     assert (REPO_ROOT / "examples" / "envoy.yaml").exists()
