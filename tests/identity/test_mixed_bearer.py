@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import structlog
 
+from sidegate.common.cache import TTL_JITTER
 from sidegate.extauthz.identity.introspection import IntrospectionVerifier
 from sidegate.extauthz.identity.pipeline import IdentityPipeline
 from sidegate.extauthz.identity.reachability import unreachable_sources
@@ -177,11 +178,12 @@ async def test_revoked_opaque_token_is_refused_within_the_cache_bound(
     token = server.issue("opaque-to-revoke")
     assert source_of(await bearer(service, "opaque-to-revoke")) == "corp-opaque"
     token.revoked = True
-    # still cached as active (the documented bound is max_ttl); no new call meanwhile
-    clocks.advance(MAX_TTL - 1)
+    # still cached as active (the documented bound is max_ttl, shortened by up to TTL_JITTER so
+    # that entries do not expire together); no new call meanwhile
+    clocks.advance(MAX_TTL * (1 - TTL_JITTER) - 1)
     assert source_of(await bearer(service, "opaque-to-revoke")) == "corp-opaque"
     assert server.hits == 1
-    clocks.advance(1.5)
+    clocks.advance(MAX_TTL * TTL_JITTER + 1.5)
     assert await rejection(service, "opaque-to-revoke") == ("corp-opaque", "inactive")
     assert server.hits == 2
 
