@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sidegate import grpc_services as gs
+from sidegate import startup_summary
 from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
 from sidegate.extauthz.service import AuthzService
@@ -161,7 +162,7 @@ def _reflection(app: Sidegate, server: Any) -> None:
         reflection.enable_server_reflection(names, server)
 
 
-async def serve(config: SidegateConfig) -> None:
+async def serve(config: SidegateConfig, source: str = "embedded default") -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, drain in-flight calls, return."""
     loop = asyncio.get_running_loop()
     app = Sidegate(config)
@@ -178,6 +179,7 @@ async def serve(config: SidegateConfig) -> None:
         with contextlib.suppress(Exception):
             await app.close_services()
         raise
+    log.info("starting", **startup_summary.describe(config, source, app.authz, app.ratelimit))
     serving: _AioServing | _ThreadServing
     try:
         serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)

@@ -8,7 +8,8 @@ import importlib
 import sys
 from pathlib import Path
 
-from sidegate import __version__
+from sidegate import __version__, serve_options
+from sidegate.common.exit_codes import INPUT_ERROR, OK, RUNTIME_ERROR
 from sidegate.config import ConfigError, load_config
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.logging_setup import configure_logging
@@ -18,25 +19,30 @@ from sidegate.ratelimit.config import RuleConfigError
 _SUBCOMMAND_MODULES = ("sidegate.extauthz.policy.cli_commands", "sidegate.extauthz.keys_cli")
 
 
+def _fail(problem: object, code: int) -> int:
+    print(f"sidegate: {problem}", file=sys.stderr)
+    return code
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sidegate.app import StartupError, serve
 
+    path = serve_options.config_path(args)
     try:
-        config = load_config(args.config)
+        config = serve_options.apply_overrides(
+            load_config(path), serve_options.server_overrides(args)
+        )
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, INPUT_ERROR)
     configure_logging(config.server.log_level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, source=str(path) if path else "embedded default"))
     except StartupError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, RUNTIME_ERROR)
     except (AuthzConfigError, RuleConfigError) as exc:
         # A policy, key file or rule file referenced by the config is wrong.
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return _fail(exc, INPUT_ERROR)
+    return OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -46,8 +52,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, INPUT_ERROR)
     problems = []
     if config.authz.enabled:
         try:
@@ -62,9 +67,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
     if problems:
-        return 1
+        return INPUT_ERROR
     print(f"{args.config or 'embedded default'}: ok")
-    return 0
+    return OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sidegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve ext_authz, rate limit, health and admin endpoints")
-    serve.add_argument("--config", type=Path, help="config file (default: embedded demo config)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve ext_authz, rate limit, health and admin endpoints",
+        description="Serve ext_authz, rate limit, gRPC health and the admin endpoints. Each "
+        "setting comes from its flag, else its environment variable, else the config file, "
+        "else the default shown.",
+    )
+    serve_options.add_serve_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and what it references")
@@ -95,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "serve":
+        # Tools print their result on stdout; what the libraries log goes to stderr.
+        configure_logging("warning", stream=sys.stderr)
     return int(args.handler(args) or 0)
 
 

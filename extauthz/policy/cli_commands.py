@@ -8,10 +8,12 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from sidegate.common.exit_codes import INPUT_ERROR
 from sidegate.extauthz.policy import testing
 from sidegate.extauthz.policy.decision import DecisionError, parse_decision
 from sidegate.extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
 from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.sources import PolicySourceError
 
 
 def _default_directory() -> Path:
@@ -25,7 +27,14 @@ DEFAULT_PATH = "envoy/authz/allow"
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
-    return testing.report(args.directory or _default_directory(), sys.stdout, timeout=args.timeout)
+    directory = args.directory or _default_directory()
+    try:
+        # A policy that does not compile is a diagnostic (stderr), not a test report.
+        testing.discover(directory)
+    except (PolicySourceError, PolicyCompileError) as exc:
+        print(f"sidegate: {exc}", file=sys.stderr)
+        return INPUT_ERROR
+    return testing.report(directory, sys.stdout, timeout=args.timeout)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -33,14 +42,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         input_doc = json.loads(Path(args.input).read_text())
     except (OSError, ValueError) as exc:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR
     engine = EmbeddedEngine(args.policies or _default_directory())
     try:
         engine.load()
         result = engine.evaluate_json(args.path, json.dumps(input_doc))
     except PolicyCompileError as exc:
         print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR
     except PolicyError as exc:
         print(f"sidegate: {args.path}: {exc.reason}", file=sys.stderr)
         return 1

@@ -139,7 +139,7 @@ def test_policy_eval_default_policy_from_repo(tmp_path):
 
 def test_eval_with_unreadable_input(tmp_path):
     result = sidegate("policy", "eval", "--input", str(tmp_path / "missing.json"))
-    assert result.returncode == 2
+    assert result.returncode == 1  # an input error (common/exit_codes.py)
     assert "cannot read input document" in result.stderr
 
 
