@@ -16,7 +16,11 @@ from sidegate.logging_setup import configure_logging
 from sidegate.ratelimit.config import RuleConfigError
 
 # Tool groups owned by the service packages; each exposes add_subcommands(subparsers).
-_SUBCOMMAND_MODULES = ("sidegate.extauthz.policy.cli_commands", "sidegate.extauthz.keys_cli")
+_SUBCOMMAND_MODULES = (
+    "sidegate.extauthz.policy.cli_commands",
+    "sidegate.extauthz.keys_cli",
+    "sidegate.init_cmd",
+)
 
 
 def _fail(problem: object, code: int) -> int:
