@@ -14,7 +14,6 @@ import structlog
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from sidegate import grpc_services as gs
 from sidegate import startup_summary
@@ -23,6 +22,7 @@ from sidegate.extauthz.factory import build_authz_service
 from sidegate.extauthz.service import AuthzService
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
+from sidegate.reflection import enable_reflection
 from sidegate.settings import SidegateConfig
 
 log = structlog.get_logger("sidegate.server")
@@ -157,9 +157,8 @@ def _bind(server: Any, address: str) -> None:
 
 def _reflection(app: Sidegate, server: Any) -> None:
     if app.config.server.reflection:
-        names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        enable_reflection(names, server)
 
 
 async def serve(config: SidegateConfig, source: str = "embedded default") -> None:
