@@ -23,7 +23,8 @@ from sidegate.extauthz.service import AuthzService
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.reflection import enable_reflection
-from sidegate.settings import SidegateConfig
+from sidegate.settings import SidegateConfig, TlsSettings
+from sidegate.tls import TlsFileError, server_credentials
 
 log = structlog.get_logger("sidegate.server")
 
@@ -99,7 +100,7 @@ class _AioServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        _bind(self.server, cfg.grpc_address)
+        _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
         await self.server.start()
@@ -130,7 +131,7 @@ class _ThreadServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        _bind(self.server, cfg.grpc_address)
+        _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
         self.server.start()
@@ -145,10 +146,15 @@ class _ThreadServing:
         self.pool.shutdown(wait=False)
 
 
-def _bind(server: Any, address: str) -> None:
+def _bind(server: Any, address: str, tls: TlsSettings | None = None) -> None:
+    # A bad certificate file is a config error (TlsFileError), raised before binding.
+    credentials = server_credentials(tls) if tls is not None else None
     # grpcio returns 0 on some versions and raises RuntimeError on others when a port is taken.
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:
@@ -182,7 +188,7 @@ async def serve(config: SidegateConfig, source: str = "embedded default") -> Non
     serving: _AioServing | _ThreadServing
     try:
         serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
-    except StartupError:
+    except (StartupError, TlsFileError):
         await app.close_services()
         raise
     await serving.start()

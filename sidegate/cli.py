@@ -30,6 +30,7 @@ def _fail(problem: object, code: int) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sidegate.app import StartupError, serve
+    from sidegate.tls import TlsFileError
 
     path = serve_options.config_path(args)
     try:
@@ -43,8 +44,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(serve(config, source=str(path) if path else "embedded default"))
     except StartupError as exc:
         return _fail(exc, RUNTIME_ERROR)
-    except (AuthzConfigError, RuleConfigError) as exc:
-        # A policy, key file or rule file referenced by the config is wrong.
+    except (AuthzConfigError, RuleConfigError, TlsFileError) as exc:
+        # A policy, key, rule or certificate file referenced by the config is wrong.
         return _fail(exc, INPUT_ERROR)
     return OK
 
@@ -67,6 +68,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         try:
             validate_ratelimit(config.ratelimit)
         except RuleConfigError as exc:
+            problems.append(str(exc))
+    if config.server.tls is not None:
+        from sidegate.tls import TlsFileError, load_configuration
+
+        try:
+            load_configuration(config.server.tls)
+        except TlsFileError as exc:
             problems.append(str(exc))
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
