@@ -13,6 +13,7 @@ import json
 import signal
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,10 @@ def test_wheel_installs_only_the_sidegate_namespace(installed: Installed) -> Non
                  "sidegate/ratelimit/buckets/lua/take.lua"):
         assert path in record, path
     assert not any(p.startswith(("sidegate/tests", "tests/", "bench/")) for p in record)
+    with zipfile.ZipFile(installed.wheel) as archive:
+        meta = archive.read(next(n for n in archive.namelist() if n.endswith("/METADATA")))
+    assert b"License-Expression: Apache-2.0" in meta and b"License-File: LICENSE" in meta
+    assert b"Requires-Python: >=3.11" in meta
 
 
 def test_check_config_without_a_file(installed: Installed) -> None:
