@@ -15,10 +15,12 @@ COPY ratelimit/ ratelimit/
 COPY common/ common/
 COPY policies/ policies/
 COPY examples/ examples/
-RUN python -m pip wheel --no-cache-dir --no-deps -w /dist . \
- && python -m venv /opt/sidegate \
+# The venv's own pip builds and installs the wheel (a base image's Python may have no pip).
+RUN python3 -m venv /opt/sidegate \
+ && /opt/sidegate/bin/pip install --no-cache-dir 'setuptools>=77' \
+ && /opt/sidegate/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation -w /dist . \
  && /opt/sidegate/bin/pip install --no-cache-dir /dist/sidegate-*.whl \
- && /opt/sidegate/bin/pip uninstall -y pip
+ && /opt/sidegate/bin/pip uninstall -y pip setuptools
 
 FROM ${PYTHON_IMAGE}
 RUN groupadd --system --gid 10001 sidegate \
@@ -35,7 +37,7 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 9191 9192
 # Readiness from the admin endpoint (no curl in the slim image; the venv's Python is there).
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["python", "-c", \
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["python3", "-c", \
   "import os, urllib.request; port = os.environ.get('SIDEGATE_ADMIN_ADDRESS', ':9192').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=2)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["sidegate"]

@@ -8,6 +8,8 @@ import importlib
 import sys
 from pathlib import Path
 
+import structlog
+
 from sidegate import __version__, serve_options
 from sidegate.common.exit_codes import INPUT_ERROR, OK, RUNTIME_ERROR
 from sidegate.config import ConfigError, load_config
@@ -118,10 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command != "serve":
-        # Tools print their result on stdout; what the libraries log goes to stderr.
-        configure_logging("warning", stream=sys.stderr)
-    return int(args.handler(args) or 0)
+    if args.command == "serve":
+        return int(args.handler(args) or 0)
+    # Tools print their result on stdout; what the libraries log goes to stderr. The previous
+    # logging config comes back afterwards, for callers that run a tool in-process.
+    previous = structlog.get_config()
+    configure_logging("warning", to_stderr=True)
+    try:
+        return int(args.handler(args) or 0)
+    finally:
+        structlog.configure(**previous)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,20 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
-def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is at each write (a test harness may swap and close it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(level: str = "info", *, to_stderr: bool = False) -> None:
+    """JSON lines on stdout (``serve``: its logs are its output), or on stderr for the tools,
+    whose stdout carries only their result."""
+    stream: TextIO | None = _CurrentStderr() if to_stderr else None  # type: ignore[assignment]
     numeric = _LEVELS[level]
     structlog.configure(
         processors=[
@@ -24,7 +37,8 @@ def configure_logging(level: str = "info", stream: TextIO | None = None) -> None
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
-        cache_logger_on_first_use=True,
+        # Tools are short-lived and may run in-process (tests): bind nothing for good.
+        cache_logger_on_first_use=not to_stderr,
     )
     # Libraries (grpc, aiohttp, asyncio) log through stdlib logging: keep them on stderr.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
