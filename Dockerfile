@@ -23,6 +23,10 @@ RUN python3 -m venv /opt/sidegate \
  && /opt/sidegate/bin/pip uninstall -y pip setuptools
 
 FROM ${PYTHON_IMAGE}
+# regopy's librego needs libatomic.so.1, which slim Debian images do not carry.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libatomic1 \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 sidegate \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin sidegate
 COPY --from=build /opt/sidegate /opt/sidegate

@@ -148,6 +148,8 @@ def test_pod_user_matches_the_image(k8s: dict) -> None:
     assert f"USER {security['runAsUser']}:{security['runAsGroup']}" in dockerfile
     assert "--uid 10001" in dockerfile and security["runAsUser"] == 10001
     assert 'ENTRYPOINT ["sidegate"]' in dockerfile
+    # regopy's shared library links libatomic.so.1 (found building the image from Debian).
+    assert "libatomic1" in dockerfile.rsplit("FROM ", 1)[1]
     assert "/readyz" in dockerfile.split("HEALTHCHECK", 1)[1]
     exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.M)
     assert exposed is not None and exposed.group(1).split() == ["9191", "9192"]
