@@ -12,20 +12,24 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
            "error": logging.ERROR}
 
 
-class _CurrentStderr:
-    """Whatever ``sys.stderr`` is at each write (a test harness may swap and close it)."""
+class _Current:
+    """Whatever ``sys.stdout``/``sys.stderr`` is at each write: loggers cached on first use
+    outlive a stream that a test harness swapped in and closed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text)
+        return getattr(sys, self.name).write(text)
 
     def flush(self) -> None:
-        sys.stderr.flush()
+        getattr(sys, self.name).flush()
 
 
 def configure_logging(level: str = "info", *, to_stderr: bool = False) -> None:
     """JSON lines on stdout (``serve``: its logs are its output), or on stderr for the tools,
     whose stdout carries only their result."""
-    stream: TextIO | None = _CurrentStderr() if to_stderr else None  # type: ignore[assignment]
+    stream: TextIO = _Current("stderr" if to_stderr else "stdout")  # type: ignore[assignment]
     numeric = _LEVELS[level]
     structlog.configure(
         processors=[
@@ -36,7 +40,7 @@ def configure_logging(level: str = "info", *, to_stderr: bool = False) -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         # Tools are short-lived and may run in-process (tests): bind nothing for good.
         cache_logger_on_first_use=not to_stderr,
     )
