@@ -4,6 +4,9 @@
 # With no config it serves the embedded default (the shipped policies and example rate limits,
 # package data). Mount a config and point SIDEGATE_CONFIG at it for a real deployment; see
 # deploy/kubernetes/. Debian bookworm's glibc (2.36) has regopy wheels (needs >= 2.34).
+# Without registry access, any Debian bookworm image with python3 and python3-venv serves as
+# the base: --build-arg PYTHON_IMAGE=<it> (this is how the image was built and run here, with
+# buildah from Debian's packages).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
