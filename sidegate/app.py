@@ -15,9 +15,8 @@ from aiohttp import web
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from sidegate import debug, gc_tuning, workers
+from sidegate import debug, gc_tuning, startup_summary, workers
 from sidegate import grpc_services as gs
 from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
@@ -25,7 +24,9 @@ from sidegate.extauthz.service import AuthzService
 from sidegate.grpc_guard import AioDecodeGuard, DecodeGuard
 from sidegate.metrics import READY, RELOADS
 from sidegate.ratelimit.service import RateLimitService
-from sidegate.settings import SidegateConfig
+from sidegate.reflection import enable_reflection
+from sidegate.settings import SidegateConfig, TlsSettings
+from sidegate.tls import TlsFileError, server_credentials
 from sidegate.tracing_setup import TracingUnavailable, start_tracing, stop_tracing
 
 log = structlog.get_logger("sidegate.server")
@@ -120,7 +121,7 @@ class _AioServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        _bind(self.server, cfg.grpc_address)
+        _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
         await self.server.start()
@@ -153,7 +154,7 @@ class _ThreadServing:
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
-        _bind(self.server, cfg.grpc_address)
+        _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
         self.server.start()
@@ -168,10 +169,15 @@ class _ThreadServing:
         self.pool.shutdown(wait=False)
 
 
-def _bind(server: Any, address: str) -> None:
+def _bind(server: Any, address: str, tls: TlsSettings | None = None) -> None:
+    # A bad certificate file is a config error (TlsFileError), raised before binding.
+    credentials = server_credentials(tls) if tls is not None else None
     # grpcio returns 0 on some versions and raises RuntimeError on others when a port is taken.
     try:
-        bound = server.add_insecure_port(address)
+        if credentials is None:
+            bound = server.add_insecure_port(address)
+        else:
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:
         bound = 0
     if bound == 0:
@@ -180,12 +186,11 @@ def _bind(server: Any, address: str) -> None:
 
 def _reflection(app: Sidegate, server: Any) -> None:
     if app.config.server.reflection:
-        names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        enable_reflection(names, server)
 
 
-async def serve(config: SidegateConfig) -> None:
+async def serve(config: SidegateConfig, source: str = "embedded default") -> None:
     """Run until SIGTERM/SIGINT; then stop accepting, drain in-flight calls, return."""
     loop = asyncio.get_running_loop()
     app = Sidegate(config)
@@ -206,10 +211,11 @@ async def serve(config: SidegateConfig) -> None:
         with contextlib.suppress(Exception):
             await app.close_services()
         raise
+    log.info("starting", **startup_summary.describe(config, source, app.authz, app.ratelimit))
     serving: _AioServing | _ThreadServing
     try:
         serving = _AioServing(app) if config.server.model == "aio" else _ThreadServing(app, loop)
-    except StartupError:
+    except (StartupError, TlsFileError):
         await app.close_services()
         raise
     await serving.start()

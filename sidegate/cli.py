@@ -8,7 +8,10 @@ import importlib
 import sys
 from pathlib import Path
 
-from sidegate import __version__
+import structlog
+
+from sidegate import __version__, serve_options
+from sidegate.common.exit_codes import INPUT_ERROR, OK, RUNTIME_ERROR
 from sidegate.config import ConfigError, load_config
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.logging_setup import configure_logging
@@ -20,33 +23,46 @@ _SUBCOMMAND_MODULES = (
     "sidegate.extauthz.keys_cli",
     "sidegate.config_cli",
     "sidegate.explain_cli",
+    "sidegate.init_cmd",
 )
+
+
+def _fail(problem: object, code: int) -> int:
+    print(f"sidegate: {problem}", file=sys.stderr)
+    return code
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from sidegate.app import StartupError, serve
+    from sidegate.tls import TlsFileError
 
+    path = serve_options.config_path(args)
     try:
-        config = load_config(args.config)
+        config = serve_options.apply_overrides(
+            load_config(path), serve_options.server_overrides(args)
+        )
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
+        return _fail(exc, INPUT_ERROR)
     from sidegate.workers import run_workers, worker_index
 
     if config.server.workers > 1 and worker_index() is None:
-        # The supervisor: N worker processes of this same config (sidegate/workers.py).
-        return run_workers(args.config, config.server.workers, config.server.grace_period_s)
+        # The supervisor: N worker processes of this same config (sidegate/workers.py), each
+        # given the same flags (the environment is inherited).
+        flags = [
+            f"{option.flag}={getattr(args, option.field)}"
+            for option in serve_options.SERVER_OPTIONS
+            if getattr(args, option.field, None) is not None
+        ]
+        return run_workers(path, config.server.workers, config.server.grace_period_s, flags)
     configure_logging(config.server.log_level, config.server.log_allowed_sample_rate)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, source=str(path) if path else "embedded default"))
     except StartupError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 1
-    except (AuthzConfigError, RuleConfigError) as exc:
-        # A policy, key file or rule file referenced by the config is wrong.
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return _fail(exc, RUNTIME_ERROR)
+    except (AuthzConfigError, RuleConfigError, TlsFileError) as exc:
+        # A policy, key, rule or certificate file referenced by the config is wrong.
+        return _fail(exc, INPUT_ERROR)
+    return OK
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -56,8 +72,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
-        return 1
+        return _fail(exc, INPUT_ERROR)
     problems = []
     if config.authz.enabled:
         try:
@@ -68,6 +83,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         try:
             validate_ratelimit(config.ratelimit)
         except RuleConfigError as exc:
+            problems.append(str(exc))
+    if config.server.tls is not None:
+        from sidegate.tls import TlsFileError, load_configuration
+
+        try:
+            load_configuration(config.server.tls)
+        except TlsFileError as exc:
             problems.append(str(exc))
     if config.authz.enabled:
         from sidegate.extauthz.identity.reachability import unreachable_sources
@@ -82,9 +104,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"sidegate: {problem}", file=sys.stderr)
     if problems:
-        return 1
+        return INPUT_ERROR
     print(f"{args.config or 'embedded default'}: ok")
-    return 0
+    return OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,8 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sidegate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve ext_authz, rate limit, health and admin endpoints")
-    serve.add_argument("--config", type=Path, help="config file (default: embedded demo config)")
+    serve = sub.add_parser(
+        "serve",
+        help="serve ext_authz, rate limit, health and admin endpoints",
+        description="Serve ext_authz, rate limit, gRPC health and the admin endpoints. Each "
+        "setting comes from its flag, else its environment variable, else the config file, "
+        "else the default shown.",
+    )
+    serve_options.add_serve_arguments(serve)
     serve.set_defaults(handler=_cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and what it references")
@@ -120,7 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.handler(args) or 0)
+    if args.command == "serve":
+        return int(args.handler(args) or 0)
+    # Tools print their result on stdout; what the libraries log goes to stderr. The previous
+    # logging config comes back afterwards, for callers that run a tool in-process.
+    previous = structlog.get_config()
+    configure_logging("warning", to_stderr=True)
+    try:
+        return int(args.handler(args) or 0)
+    finally:
+        structlog.configure(**previous)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,33 @@ class AllowedLineSampler:
         return event
 
 
-def configure_logging(level: str = "info", allowed_sample_rate: float = 1.0) -> None:
+class _Current:
+    """Whatever ``sys.stdout``/``sys.stderr`` is at each write: loggers cached on first use
+    outlive a stream that a test harness swapped in and closed. Rendered lines are bytes
+    (orjson), written to the stream's binary buffer, or decoded for a text-only stream (a
+    test's capture)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def write(self, data: bytes | str) -> int:
+        stream = getattr(sys, self.name)
+        if isinstance(data, bytes):
+            buffer = getattr(stream, "buffer", None)
+            if buffer is not None:
+                return int(buffer.write(data))
+            data = data.decode()
+        return int(stream.write(data))
+
+    def flush(self) -> None:
+        getattr(sys, self.name).flush()
+
+
+def configure_logging(
+    level: str = "info", allowed_sample_rate: float = 1.0, *, to_stderr: bool = False
+) -> None:
+    """JSON lines on stdout (``serve``: its logs are its output), or on stderr for the tools,
+    whose stdout carries only their result."""
     numeric = _LEVELS[level]
     processors: list[Any] = []
     if allowed_sample_rate < 1.0:
@@ -64,20 +90,14 @@ def configure_logging(level: str = "info", allowed_sample_rate: float = 1.0) -> 
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
-    binary = getattr(sys.stdout, "buffer", None)
-    factory: Any
-    if binary is not None:
-        processors.append(structlog.processors.JSONRenderer(serializer=_dumps))
-        factory = structlog.BytesLoggerFactory(binary)
-    else:  # a text-only stdout (a test's capture): the same lines as text
-        processors.append(structlog.processors.JSONRenderer(
-            serializer=lambda value, **kw: _dumps(value, **kw).decode()))
-        factory = structlog.PrintLoggerFactory(sys.stdout)
+    processors.append(structlog.processors.JSONRenderer(serializer=_dumps))
+    factory = structlog.BytesLoggerFactory(_Current("stderr" if to_stderr else "stdout"))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=factory,
-        cache_logger_on_first_use=True,
+        # Tools are short-lived and may run in-process (tests): bind nothing for good.
+        cache_logger_on_first_use=not to_stderr,
     )
     # Libraries (grpc, aiohttp, asyncio) log through stdlib logging: keep them on stderr.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)

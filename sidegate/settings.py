@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from sidegate.extauthz.settings import AuthzSettings
 from sidegate.ratelimit.settings import RateLimitSettings
@@ -16,6 +24,47 @@ def _check_address(value: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("must be host:port, e.g. 127.0.0.1:9191")
     return value
+
+
+UNIX_PREFIX = "unix://"
+
+
+def _check_grpc_address(value: str) -> str:
+    """host:port, or a Unix domain socket as unix:///absolute/path (gRPC's own syntax)."""
+    if value.startswith("unix:"):
+        if not value.startswith(UNIX_PREFIX + "/") or len(value) <= len(UNIX_PREFIX) + 1:
+            raise ValueError("a Unix socket address must be unix:///absolute/path")
+        return value
+    try:
+        return _check_address(value)
+    except ValueError:
+        raise ValueError(
+            "must be host:port (e.g. 127.0.0.1:9191) or unix:///absolute/path"
+        ) from None
+
+
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths are relative to the config file's directory (loader passes base_dir)."""
+    base = (info.context or {}).get("base_dir")
+    if value is not None and base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+class TlsSettings(BaseModel):
+    """gRPC over TLS. The PEM files are re-read when they change (checked at each new
+    connection), so a renewed certificate needs no restart; see sidegate/tls.py."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cert_file: Path
+    key_file: Path
+    # CA bundle that client certificates must chain to; set it to turn on mTLS.
+    client_ca_file: Path | None = None
+    # With client_ca_file: refuse clients without a certificate (false: verify one if sent).
+    require_client_cert: bool = True
+
+    _paths = field_validator("cert_file", "key_file", "client_ca_file")(_resolve_path)
 
 
 class ServerSettings(BaseModel):
@@ -43,8 +92,11 @@ class ServerSettings(BaseModel):
     # Environment variable holding the bearer token the admin port's /debug/* endpoints require
     # when admin_address is not a loopback address (without one they are not served there).
     admin_token_env: str | None = None
+    # gRPC over TLS (optionally mutual); absent: plaintext, for loopback and Unix sockets.
+    tls: TlsSettings | None = None
 
-    _grpc = field_validator("grpc_address", "admin_address")(_check_address)
+    _grpc = field_validator("grpc_address")(_check_grpc_address)
+    _admin = field_validator("admin_address")(_check_address)
 
 
 class SidegateConfig(BaseModel):

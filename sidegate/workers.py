@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +39,11 @@ def serves_admin() -> bool:
     return worker_index() in (None, 0)
 
 
-def run_workers(config_path: Path | None, count: int, grace_period_s: float) -> int:
+def run_workers(
+    config_path: Path | None, count: int, grace_period_s: float, flags: Sequence[str] = ()
+) -> int:
     """Start ``count`` workers and supervise them until they have all exited."""
-    argv = [sys.executable, "-m", "sidegate", "serve"]
+    argv = [sys.executable, "-m", "sidegate", "serve", *flags]
     if config_path is not None:
         argv += ["--config", str(config_path)]
     received: list[int] = []

@@ -242,10 +242,11 @@ class EnvoyProcess:
         sidegate_port: int,
         upstream_port: int,
         mutate: Callable[[dict[str, Any]], None] | None = None,
+        source: Path = ENVOY_EXAMPLE,
     ) -> None:
         self.binary = envoy_binary()
         self.ports = {"admin": free_port(), "ingress": free_port(), "demo_upstream": free_port()}
-        cfg = yaml.safe_load(ENVOY_EXAMPLE.read_text())
+        cfg = yaml.safe_load(source.read_text())
         _rewrite_envoy(cfg, self.ports, sidegate_port, upstream_port)
         if mutate is not None:
             mutate(cfg)

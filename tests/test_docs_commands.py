@@ -11,12 +11,14 @@ Blocks meant for reading only stay plain ``sh``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,23 @@ def test_the_docs_mark_commands_as_runnable() -> None:
     assert any(b.doc.name == "README.md" for b in runnable_blocks())
 
 
+def stop_group(pgid: int, patience_s: float = 30.0) -> None:
+    """SIGTERM every process of the group, wait until none is left, SIGKILL what lingers."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + patience_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 def reader_checkout(workdir: Path) -> Path:
     for folder in ("examples", "policies"):
         shutil.copytree(REPO_ROOT / folder, workdir / folder,
@@ -72,26 +91,31 @@ def test_documented_commands_run_as_written(block: Block, tmp_path: Path) -> Non
     }
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     script = "set -euo pipefail\n" + block.text
-    proc = subprocess.Popen(
-        ["bash", "-c", script],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=BLOCK_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"{block.name}: still running after {BLOCK_TIMEOUT_S}s:\n{output.decode()}")
-    finally:
-        # Servers the block put in the background die with it.
+    # Output to a file, not a pipe: servers the block starts in the background keep a pipe
+    # open, and waiting for its end would wait for them.
+    log_path = tmp_path / "output.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+            proc.wait(timeout=BLOCK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            stop_group(proc.pid)
+            pytest.fail(
+                f"{block.name}: still running after {BLOCK_TIMEOUT_S}s:\n"
+                f"{log_path.read_text(errors='replace')[-4000:]}"
+            )
+        finally:
+            # Servers the block put in the background die with it, and are gone (their ports
+            # free) before the next block starts.
+            stop_group(proc.pid)
+    output = log_path.read_bytes()
     assert proc.returncode == 0, (
         f"{block.name} failed (exit {proc.returncode}):\n{block.text}\n--- output ---\n"
         f"{output.decode(errors='replace')[-4000:]}"

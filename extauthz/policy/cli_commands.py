@@ -8,6 +8,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from sidegate.common.exit_codes import INPUT_ERROR
 from sidegate.extauthz.policy import testing
 from sidegate.extauthz.policy.decision import DecisionError, parse_decision
 from sidegate.extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
@@ -25,12 +26,14 @@ DEFAULT_PATH = "envoy/authz/allow"
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
+    # Results on stdout; a policy that does not load or compile is a diagnostic (stderr).
     return testing.report(
         args.paths or [_default_directory()],
         sys.stdout,
         timeout=args.timeout,
         verbose=args.verbose,
         run=args.run,
+        err=sys.stderr,
     )
 
 
@@ -48,7 +51,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         input_doc = json.loads(text)
     except (OSError, ValueError) as exc:
         print(f"sidegate: {args.input}: cannot read input document: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR
     path = decision_path(args.path)
     # One decision: a cache would only log about itself on stdout, which carries the JSON.
     engine = EmbeddedEngine(args.policies or _default_directory(), cache_decisions=False)
@@ -58,7 +61,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         result = engine.evaluate_json(path, input_json)
     except PolicyCompileError as exc:
         print(f"sidegate: {exc}", file=sys.stderr)
-        return 2
+        return INPUT_ERROR
     except PolicyError as exc:
         print(f"sidegate: {path}: {exc.reason}", file=sys.stderr)
         return 1

@@ -280,21 +280,24 @@ def report(
     timeout: float = DEFAULT_TIMEOUT,
     verbose: bool = True,
     run: str | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """Print results like ``opa test`` (every test with ``verbose``, else failures only) and
-    a summary; ``run`` (a regular expression) selects tests by their ``data.pkg.test_x`` name."""
+    a summary; ``run`` (a regular expression) selects tests by their ``data.pkg.test_x`` name.
+    Load errors go to ``err`` (default: ``out``)."""
+    err = out if err is None else err
     if isinstance(paths, Path):
         paths = [paths]
     try:
         pattern = re.compile(run) if run else None
     except re.error as exc:
-        print(f"error: --run {run!r}: {exc}", file=out)
+        print(f"error: --run {run!r}: {exc}", file=err)
         return EXIT_LOAD_ERROR
     try:
         with staged(paths) as (directory, names):
-            return _report(directory, names, out, timeout, verbose, pattern)
+            return _report(directory, names, out, err, timeout, verbose, pattern)
     except (PolicySourceError, PolicyCompileError) as exc:
-        print(f"error: {exc}", file=out)
+        print(f"error: {exc}", file=err)
         return EXIT_LOAD_ERROR
 
 
@@ -302,6 +305,7 @@ def _report(
     directory: Path,
     names: dict[str, str],
     out: TextIO,
+    err: TextIO,
     timeout: float,
     verbose: bool,
     pattern: re.Pattern[str] | None,
@@ -313,14 +317,14 @@ def _report(
     problems = unsupported_calls(sources.modules)
     if problems:
         for problem in problems:
-            print(f"error: {_shown(str(problem), names)}", file=out)
+            print(f"error: {_shown(str(problem), names)}", file=err)
         return EXIT_LOAD_ERROR
     if sources.policy_modules:
         compile_policies(directory, ())
     cases = [c for c in discover(directory) if pattern is None or pattern.search(c.ref)]
     if not cases:
         where = ", ".join(names.values()) or str(directory)
-        print(f"{where}: no test_* rules in *_test.rego files", file=out)
+        print(f"{where}: no test_* rules in *_test.rego files", file=err)
         return EXIT_LOAD_ERROR
     counts = {"PASS": 0, "FAIL": 0, "ERROR": 0}
     current_file = ""

@@ -139,7 +139,7 @@ def test_policy_eval_default_policy_from_repo(tmp_path):
 
 def test_eval_with_unreadable_input(tmp_path):
     result = sidegate("policy", "eval", "--input", str(tmp_path / "missing.json"))
-    assert result.returncode == 2
+    assert result.returncode == 1  # an input error (common/exit_codes.py)
     assert "cannot read input document" in result.stderr
 
 
@@ -168,7 +168,7 @@ def test_run_selects_tests_by_name(tmp_path):
     assert result.returncode == 0, result.stdout
     assert "PASS: 2/2" in result.stdout and "wrong_expectation" not in result.stdout
     bad = sidegate("policy", "test", "--run", "(", str(tmp_path))
-    assert bad.returncode == 1 and "--run" in bad.stdout
+    assert bad.returncode == 1 and "--run" in bad.stderr
 
 
 def test_files_are_accepted_as_well_as_directories(tmp_path):
@@ -181,7 +181,7 @@ def test_files_are_accepted_as_well_as_directories(tmp_path):
     assert result.returncode == 0, result.stdout
     assert f"{tests}:" in result.stdout  # the user's path, not a temporary copy
     missing = sidegate("policy", "test", str(tmp_path / "nope.rego"))
-    assert missing.returncode == 1 and "no such file" in missing.stdout
+    assert missing.returncode == 1 and "no such file" in missing.stderr
 
 
 def test_eval_takes_opa_style_paths_and_stdin(tmp_path):

@@ -106,8 +106,10 @@ def test_serve_exits_non_zero_with_one_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write(tmp_path, "ratelimit:\n  backnd: redis\n")
-    assert main(["serve", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
+    # The same exit code as check-config for the same bad file (common/exit_codes.py).
+    assert main(["serve", "--config", str(path)]) == 1
+    assert main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err.splitlines()[0]
     assert err.strip() == f"sidegate: {path}:2: ratelimit.backnd: unknown key"
 
 
@@ -158,7 +160,7 @@ def test_serve_reports_a_taken_port_in_one_line(
             f"server:\n  grpc_address: 127.0.0.1:{port}\n"
             "authz: {enabled: false}\nratelimit: {enabled: false}\n",
         )
-        assert main(["serve", "--config", str(path)]) == 1
+        assert main(["serve", "--config", str(path)]) == 3  # a runtime (start-up) failure
     err = capsys.readouterr().err.strip()
     assert err == (
         f"sidegate: cannot bind gRPC address 127.0.0.1:{port} (in use, or not a local address)"

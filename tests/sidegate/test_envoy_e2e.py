@@ -83,7 +83,22 @@ def test_health_reflection_and_admin(tmp_path: Path) -> None:
                 "envoy.service.auth.v3.Authorization",
                 "envoy.service.ratelimit.v3.RateLimitService",
                 "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
             } <= names
+
+            # The v1 service (what grpcurl asks first) answers the same protocol.
+            v1 = channel.stream_stream(
+                "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            symbol = reflection_pb2.ServerReflectionRequest(
+                file_containing_symbol="envoy.service.auth.v3.Authorization"
+            )
+            listed, described = list(v1(iter([request, symbol]), timeout=5))
+            assert {s.name for s in listed.list_services_response.service} == names
+            assert described.file_descriptor_response.file_descriptor_proto
 
         assert http_request(sidegate.admin_port, "GET", "/healthz")[0] == 200
         assert http_request(sidegate.admin_port, "GET", "/readyz")[0] == 200
