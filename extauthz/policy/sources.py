@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 
 DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
 TEST_SUFFIX = "_test.rego"
@@ -126,11 +126,18 @@ def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def _read_data(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise PolicySourceError(f"{path}: cannot read data file: {exc}") from exc
+    if path.suffix != ".json":
+        try:
+            doc = load_yaml_file(path).data
+        except YamlError as exc:
+            raise PolicySourceError(f"cannot read data file: {exc}") from None
+    else:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError, RecursionError) as exc:
+            # ValueError covers bad UTF-8 too; RecursionError: nesting deeper than Python's stack
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise PolicySourceError(f"{path}: cannot read data file: {reason}") from None
     if not isinstance(doc, dict):
         raise PolicySourceError(f"{path}: a data file must hold an object")
     return doc

@@ -7,8 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 from sidegate.ratelimit.config.errors import RuleConfigError
 from sidegate.ratelimit.config.keys import check_keys
 from sidegate.ratelimit.config.limits import parse_rule
@@ -38,13 +37,6 @@ def rule_files(directory: Path) -> list[Path]:
         elif entry.is_file() and entry.suffix in RULE_SUFFIXES:
             found.append(entry)
     return found
-
-
-def _yaml_error(file: str, exc: yaml.YAMLError) -> RuleConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}: " if mark is not None else ""
-    return RuleConfigError(file, f"error loading config file: yaml: {where}{problem}")
 
 
 def _flag(file: str, raw: dict[str, Any], field: str) -> bool:
@@ -84,11 +76,12 @@ class _Loader:
     def load_file(self, path: Path) -> None:
         file = str(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise _yaml_error(file, exc) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RuleConfigError(file, f"error loading config file: {exc}") from None
+            raw = load_yaml_file(path).data
+        except YamlError as exc:
+            where = f"line {exc.line}: " if exc.line is not None else ""
+            raise RuleConfigError(
+                file, f"error loading config file: yaml: {where}{exc.problem}"
+            ) from None
         if raw is None:
             raw = {}
         if isinstance(raw, list):

@@ -27,6 +27,7 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 from sidegate.extauthz.identity import metrics
 from sidegate.extauthz.identity.api_keys.record import ApiKeyRecord
 from sidegate.extauthz.identity.api_keys.store import KeyStoreError
@@ -45,15 +46,10 @@ def _stat_signature(path: Path) -> tuple[int, int, int] | None:
 def parse_key_file(path: Path) -> dict[str, ApiKeyRecord]:
     """Read and validate the whole file; raise KeyStoreError rather than return a partial set."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise KeyStoreError(f"{path}:{where} invalid YAML") from None
+        loaded = load_yaml_file(path)
+    except YamlError as exc:
+        raise KeyStoreError(str(exc)) from None
+    document = loaded.data
     if document is None:
         document = {"keys": []}
     if not isinstance(document, Mapping) or set(document) - {"keys"}:
@@ -70,9 +66,11 @@ def parse_key_file(path: Path) -> dict[str, ApiKeyRecord]:
                 f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise KeyStoreError(f"{path}: keys[{index}]: {problems}") from None
+            line = loaded.line_of(("keys", index))
+            raise KeyStoreError(f"{path}:{line}: keys[{index}]: {problems}") from None
         if record.digest in records:
-            raise KeyStoreError(f"{path}: keys[{index}]: duplicate digest")
+            line = loaded.line_of(("keys", index))
+            raise KeyStoreError(f"{path}:{line}: keys[{index}]: duplicate digest")
         records[record.digest] = record
     return records
 
