@@ -28,7 +28,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
     configure_logging(config.server.log_level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, args.config))
     except StartupError as exc:
         print(f"sidegate: {exc}", file=sys.stderr)
         return 1

@@ -2,12 +2,13 @@
 
 from prometheus_client import Counter, Gauge
 
+from sidegate.common import reloading
+
 GRPC_ERRORS = Counter(
     "sidegate_grpc_errors_total",
     "Calls answered with a gRPC error status, by service and code",
     ["service", "code"],
 )
 READY = Gauge("sidegate_ready", "1 once config, policies and rate-limit rules are loaded")
-RELOADS = Counter(
-    "sidegate_reloads_total", "SIGHUP reloads by component and result", ["component", "result"]
-)
+# One reload metric for every component and trigger, defined next to the reloader that counts it.
+RELOADS = reloading.RELOADS

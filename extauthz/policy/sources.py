@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidegate.common.file_watcher import Fingerprint
+from sidegate.common.file_watcher import fingerprint as common_fingerprint
 from sidegate.common.yaml_loader import YamlError, load_yaml_file
 
 DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
+POLICY_SUFFIXES = frozenset({".rego"}) | DATA_SUFFIXES
 TEST_SUFFIX = "_test.rego"
 
 _PACKAGE = re.compile(r"^package\s+([A-Za-z_][\w.]*)\s*$", re.MULTILINE)
@@ -76,7 +79,7 @@ class PolicySources:
     directory: Path
     modules: tuple[RegoModule, ...]
     data: tuple[tuple[Path, dict[str, Any]], ...]
-    fingerprint: tuple[tuple[str, int, int], ...]
+    fingerprint: Fingerprint
 
     @property
     def policy_modules(self) -> tuple[RegoModule, ...]:
@@ -113,16 +116,9 @@ def _candidate_files(directory: Path) -> list[Path]:
     )
 
 
-def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, mtime_ns, size) of every policy and data file: what the watcher compares."""
-    result = []
-    for path in _candidate_files(directory):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        result.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(result)
+def fingerprint(directory: Path) -> Fingerprint:
+    """What the shared file watcher compares, taken before the files are read."""
+    return common_fingerprint(directory, POLICY_SUFFIXES)
 
 
 def _read_data(path: Path) -> dict[str, Any]:
