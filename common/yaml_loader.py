@@ -186,8 +186,9 @@ def parse_yaml(text: str | bytes, source: str) -> YamlDocument:
     if isinstance(text, bytes):
         text = _decode(text, source)
     _check_flow_depth(text, source)
-    loader = _Loader(text, source)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text, source)  # the reader refuses control characters right here
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, None)
@@ -195,6 +196,11 @@ def parse_yaml(text: str | bytes, source: str) -> YamlDocument:
         data = loader.construct_document(node)
     except YamlError:
         raise
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        raise YamlError(
+            source, f"invalid YAML: control character {exc.character!r} is not allowed", line
+        ) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -206,7 +212,8 @@ def parse_yaml(text: str | bytes, source: str) -> YamlDocument:
     except RecursionError:
         raise YamlError(source, "invalid YAML: nested too deeply") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return YamlDocument(data, node)
 
 

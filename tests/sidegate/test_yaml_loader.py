@@ -35,6 +35,7 @@ HOSTILE = {
     "deep flow": (DEEP_FLOW, f"nested deeper than {MAX_DEPTH} levels", 1),
     "deep block": (DEEP_BLOCK, f"nested deeper than {MAX_DEPTH} levels", None),
     "bad bytes": (b"a: 1\nb: \xff\xfe\n", "not UTF-8", 2),
+    "control character": ("a: 1\n# x\x00y\n", "control character", 2),
 }
 
 
