@@ -24,7 +24,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
+        _report(str(exc))
         return 2
     configure_logging(config.server.log_level)
     try:
@@ -33,34 +33,34 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"sidegate: {exc}", file=sys.stderr)
         return 1
     except (AuthzConfigError, RuleConfigError) as exc:
-        # A policy, key file or rule file referenced by the config is wrong.
-        print(f"sidegate: {exc}", file=sys.stderr)
+        # A policy, key file or rule file referenced by the config is wrong: name them all.
+        from sidegate.references import check_references
+
+        problems = check_references(config, args.config) or [str(exc)]
+        for problem in problems:
+            _report(problem)
         return 2
     return 0
 
 
+def _report(message: str) -> None:
+    """Every line of an error prefixed, so each reads on its own in a log or a terminal."""
+    for line in message.splitlines() or [""]:
+        print(f"sidegate: {line}", file=sys.stderr)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from sidegate.extauthz.factory import validate as validate_authz
-    from sidegate.ratelimit.config import validate as validate_ratelimit
+    from sidegate.references import check_references
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        print(f"sidegate: {exc}", file=sys.stderr)
+        _report(str(exc))
         return 1
-    problems = []
-    if config.authz.enabled:
-        try:
-            validate_authz(config.authz)
-        except AuthzConfigError as exc:
-            problems.append(str(exc))
-    if config.ratelimit.enabled:
-        try:
-            validate_ratelimit(config.ratelimit)
-        except RuleConfigError as exc:
-            problems.append(str(exc))
+    # every referenced file (policies, key files, PEM files, rule files), all problems at once
+    problems = check_references(config, args.config)
     for problem in problems:
-        print(f"sidegate: {problem}", file=sys.stderr)
+        _report(problem)
     if problems:
         return 1
     print(f"{args.config or 'embedded default'}: ok")

@@ -189,3 +189,26 @@ def load_from_settings(settings: RateLimitSettings) -> RuleSet:
 def validate(settings: RateLimitSettings) -> None:
     """Load every rule file; raise RuleConfigError naming the file. No Redis contact."""
     load_from_settings(settings)
+
+
+def check_rule_files(
+    directory: Path, *, default_algorithm: Algorithm = "token_bucket", merge: bool = False
+) -> list[RuleConfigError]:
+    """Every problem of every rule file (check-config reports them all, not only the first):
+    each file loaded on its own, then all together for what spans files (duplicate domains)."""
+    try:
+        files = rule_files(directory)
+    except RuleConfigError as exc:
+        return [exc]
+    problems = []
+    for path in files:
+        try:
+            _Loader(default_algorithm, merge).load_file(path)
+        except RuleConfigError as exc:
+            problems.append(exc)
+    if not problems:
+        try:
+            load_rules(directory, default_algorithm=default_algorithm, merge=merge)
+        except RuleConfigError as exc:
+            problems.append(exc)
+    return problems
