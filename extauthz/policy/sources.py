@@ -29,6 +29,28 @@ _RULE_HEAD = re.compile(
 _KEYWORDS = frozenset({"package", "import", "default", "else", "not", "some", "every", "with"})
 
 
+# Deeper than any real policy; far below what rego-cpp's parser and the Python analyses of
+# input_paths/determinism survive without holding the GIL for long or hitting RecursionError.
+MAX_NESTING = 128
+# Strings and comments do not nest; brackets inside them are not counted.
+_NOT_CODE = re.compile(r'"(?:[^"\\\n]|\\.)*"|`[^`]*`|#[^\n]*')
+_BRACKET = re.compile(r"[\[\]{}()]")
+
+
+def check_nesting(path: Path, text: str) -> None:
+    """Refuse a module nested deeper than MAX_NESTING before any parser sees it (linear time)."""
+    code = _NOT_CODE.sub(lambda m: " " * len(m.group()), text)
+    depth = 0
+    for match in _BRACKET.finditer(code):
+        if match.group() in "[{(":
+            depth += 1
+            if depth > MAX_NESTING:
+                line = text.count("\n", 0, match.start()) + 1
+                raise PolicySourceError(f"{path}:{line}: nested deeper than {MAX_NESTING} levels")
+        elif depth:
+            depth -= 1
+
+
 class PolicySourceError(Exception):
     """A policy directory cannot be read; the message names the file."""
 
@@ -154,6 +176,7 @@ def read_sources(directory: Path, *, require_policies: bool = True) -> PolicySou
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicySourceError(f"{path}: cannot read policy: {exc}") from exc
+        check_nesting(path, text)
         match = _PACKAGE.search(text)
         if match is None:
             raise PolicySourceError(f"{path}:1:1: no package declaration")
