@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import structlog
+
 from sidegate.common.file_watcher import FileWatcher
 from sidegate.common.reloading import Reloader
 from sidegate.ratelimit import metrics
@@ -19,6 +21,8 @@ from sidegate.ratelimit.config.model import RuleSet
 
 if TYPE_CHECKING:
     from sidegate.ratelimit.service import RateLimitService
+
+log = structlog.get_logger("sidegate.ratelimit")
 
 COMPONENT = "ratelimit_rules"
 
@@ -33,8 +37,9 @@ def rule_reloader(service: RateLimitService) -> Reloader[RuleSet]:
     def prepare() -> RuleSet:
         try:
             return load_from_settings(service.settings)
-        except RuleConfigError:
+        except RuleConfigError as exc:
             metrics.CONFIG_LOADS.labels("error").inc()
+            log.error("ratelimit_reload_failed", error=str(exc))
             raise
 
     return Reloader(COMPONENT, str(service.settings.rules_dir), prepare, service.install_rules)

@@ -130,13 +130,17 @@ class FileKeyStore:
         metrics.API_KEYS_LOADED.labels("file").set(len(self._records))
 
     def _parse_for_reload(self) -> dict[str, ApiKeyRecord]:
-        if not self.path.exists():
-            metrics.API_KEY_RELOADS.labels("error").inc()
-            raise KeyStoreError(f"{self.path}: API key file missing, keeping previous keys")
         try:
+            if not self.path.exists():
+                raise KeyStoreError(f"{self.path}: API key file missing")
             return parse_key_file(self.path)
-        except Exception:
+        except Exception as exc:
             metrics.API_KEY_RELOADS.labels("error").inc()
+            log.warning(
+                "api key file rejected, keeping previous keys",
+                error=str(exc)[:2000],
+                keys=len(self._records),
+            )
             raise
 
     def _install(self, records: dict[str, ApiKeyRecord]) -> None:
