@@ -4,11 +4,11 @@ names Redis as down, and everything comes back when Redis does. Real Redis, stop
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import grpc
 import pytest
-import redis
 from google.rpc import code_pb2
 
 from tests.conftest import RedisServer
@@ -95,16 +95,25 @@ def test_a_paused_redis_is_an_outage_of_rate_limiting_only(
 ) -> None:
     proc = SidegateProcess(tmp_path, config(tmp_path, redis_server.url))
     proc.start()
-    client = redis.Redis(host="127.0.0.1", port=redis_server.port)
+    # WRITE: the token-bucket script (EVALSHA, it writes) waits; CLIENT UNPAUSE itself still
+    # runs (under ALL it would wait too). One raw connection, no handshake to pause.
+    client = socket.create_connection(("127.0.0.1", redis_server.port), timeout=30)
+
+    def command(*args: str) -> bytes:
+        client.sendall(f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a)}\r\n{a}\r\n".encode() for a in args
+        ))
+        return client.recv(64)
+
     try:
         port = proc.grpc_port
         assert ratelimit_answers(port)
-        client.execute_command("CLIENT", "PAUSE", 60_000, "ALL")
+        assert command("CLIENT", "PAUSE", "60000", "WRITE") == b"+OK\r\n"
         wait_for(lambda: ratelimit_fails(port), "a rate-limit call to time out")
         wait_for(lambda: health(port, RATELIMIT) == NOT_SERVING, "rate limit NOT_SERVING")
         assert health(port, AUTHZ) == SERVING and health(port, "") == SERVING
         assert readyz(proc)[0] == 200
-        client.execute_command("CLIENT", "UNPAUSE")
+        assert command("CLIENT", "UNPAUSE") == b"+OK\r\n"
         wait_for(lambda: ratelimit_answers(port), "Redis to answer again")
         wait_for(lambda: health(port, RATELIMIT) == SERVING, "rate limit SERVING again")
     finally:
