@@ -1,87 +1,45 @@
-"""Watching the rules directory by polling: file edits, new/removed files, ConfigMap swaps.
+"""Reloading the rule set: the shared file watcher over the rules directory, the shared reloader.
 
-A Kubernetes ConfigMap volume swaps an ``..data`` symlink to a new timestamped directory; the
-visible files are symlinks through it. The fingerprint follows every symlink to its target
-(path, inode, size, mtime), so a swap changes it even when sizes and times match.
+Rule files are read and parsed in a worker thread (``Reloader``); the new RuleSet is swapped in
+on the loop. A Kubernetes ConfigMap's ``..data`` symlink swap is seen by the common fingerprint.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
+from sidegate.common.file_watcher import FileWatcher
+from sidegate.common.reloading import Reloader
+from sidegate.ratelimit import metrics
+from sidegate.ratelimit.config.errors import RuleConfigError
+from sidegate.ratelimit.config.loader import RULE_SUFFIXES, load_from_settings
+from sidegate.ratelimit.config.model import RuleSet
+
+if TYPE_CHECKING:
+    from sidegate.ratelimit.service import RateLimitService
+
 log = structlog.get_logger("sidegate.ratelimit")
 
-Fingerprint = tuple[tuple[str, str, int, int, int], ...]
+COMPONENT = "ratelimit_rules"
 
 
-def fingerprint(directory: Path) -> Fingerprint:
-    entries: list[tuple[str, str, int, int, int]] = []
+def rule_watcher(
+    directory: Path, on_change: Callable[[], Awaitable[object]], interval: float
+) -> FileWatcher:
+    return FileWatcher(COMPONENT, directory, on_change, interval=interval, suffixes=RULE_SUFFIXES)
 
-    def walk(folder: Path) -> None:
+
+def rule_reloader(service: RateLimitService) -> Reloader[RuleSet]:
+    def prepare() -> RuleSet:
         try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            return
-        for name in names:
-            if name.startswith("."):
-                continue
-            path = folder / name
-            try:
-                real = os.path.realpath(path)
-                stat = os.stat(real)
-            except OSError:
-                continue
-            if os.path.isdir(real):
-                walk(path)
-                continue
-            entries.append((str(path), real, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+            return load_from_settings(service.settings)
+        except RuleConfigError as exc:
+            metrics.CONFIG_LOADS.labels("error").inc()
+            log.error("ratelimit_reload_failed", error=str(exc))
+            raise
 
-    walk(directory)
-    return tuple(entries)
-
-
-class RuleWatcher:
-    """Calls ``reload`` when the directory's fingerprint changes (checked every ``interval``)."""
-
-    def __init__(self, directory: Path, reload: Callable[[], bool], interval: float) -> None:
-        self.directory = directory
-        self.reload = reload
-        self.interval = interval
-        self._seen = fingerprint(directory)
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="ratelimit-watch")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def check(self, current: Fingerprint | None = None) -> bool:
-        """Reload if anything changed; True when a reload ran (successful or not)."""
-        if current is None:
-            current = fingerprint(self.directory)
-        if current == self._seen:
-            return False
-        # Remember it either way: a bad file is reported once, not on every poll.
-        self._seen = current
-        log.info("ratelimit_rules_changed", directory=str(self.directory))
-        self.reload()
-        return True
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                self.check(await asyncio.to_thread(fingerprint, self.directory))
-            except Exception:  # a watcher must outlive any surprise in the filesystem
-                log.exception("ratelimit_watch_failed")
+    return Reloader(COMPONENT, str(service.settings.rules_dir), prepare, service.install_rules)

@@ -28,6 +28,7 @@ from sidegate.ratelimit.config.model import Domain, Limit, RuleSet
 from sidegate.ratelimit.failover import FailoverBackend
 from sidegate.ratelimit.local_cache import OverLimitCache
 from sidegate.ratelimit.matching import Match, find_rule, override_match
+from sidegate.ratelimit.reload import rule_reloader, rule_watcher
 from sidegate.ratelimit.response import (
     OK,
     OVER_LIMIT,
@@ -40,7 +41,7 @@ from sidegate.ratelimit.response import (
 from sidegate.ratelimit.rule_stats import RuleStats
 
 if TYPE_CHECKING:
-    from sidegate.ratelimit.reload import RuleWatcher
+    from sidegate.common.file_watcher import FileWatcher
     from sidegate.ratelimit.settings import RateLimitSettings
 
 log = structlog.get_logger("sidegate.ratelimit")
@@ -88,7 +89,8 @@ class RateLimitService:
         self.backend = backend
         self.over_limit_cache = over_limit_cache
         self.stats = RuleStats(settings.near_limit_ratio, settings.detailed_metric_max_series)
-        self._watcher: RuleWatcher | None = None
+        self._watcher: FileWatcher | None = None
+        self.reloader = rule_reloader(self)
         self._matches: dict[tuple[str, tuple[tuple[str, str], ...]], Match | None] = {}
         self._matches_for: RuleSet | None = None
         self._header_names = (
@@ -131,11 +133,12 @@ class RateLimitService:
 
     async def start(self) -> None:
         await self.backend.start()
-        if self.settings.reload.watch:
-            from sidegate.ratelimit.reload import RuleWatcher
+        self.start_watching()
 
-            self._watcher = RuleWatcher(
-                self.settings.rules_dir, self.reload, self.settings.reload.interval_seconds
+    def start_watching(self) -> None:
+        if self.settings.reload.watch and self._watcher is None:
+            self._watcher = rule_watcher(
+                self.settings.rules_dir, self.reload_async, self.settings.reload.interval_seconds
             )
             self._watcher.start()
 
@@ -145,14 +148,27 @@ class RateLimitService:
             self._watcher = None
         await self.backend.close()
 
+    @property
+    def watcher(self) -> FileWatcher | None:
+        return self._watcher
+
+    async def reload_async(self, trigger: str = "watch") -> bool:
+        """Re-read every rule file in a worker thread; swap on the loop, or keep the old rules."""
+        return await self.reloader.run(trigger)
+
     def reload(self) -> bool:
-        """Re-read every rule file; swap atomically, or keep the old rules when any is bad."""
+        """Re-read every rule file now (blocking); swap, or keep the old rules when any is bad."""
         try:
             rules = load_from_settings(self.settings)
         except RuleConfigError as exc:
             metrics.CONFIG_LOADS.labels("error").inc()
             log.error("ratelimit_reload_failed", error=str(exc))
             return False
+        self.install_rules(rules)
+        return True
+
+    def install_rules(self, rules: RuleSet) -> None:
+        """One reference swap: a request sees the old rules or the new, never a mix."""
         self._rules = rules
         if self.over_limit_cache is not None:
             # Limits may have grown: the cached "over until T" answers no longer hold.
@@ -165,7 +181,6 @@ class RateLimitService:
             rules=rules.rule_count,
             domains=sorted(rules.domains),
         )
-        return True
 
     async def should_rate_limit(
         self, request: rls_pb2.RateLimitRequest

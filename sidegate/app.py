@@ -7,6 +7,7 @@ import contextlib
 import signal
 from concurrent import futures
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,9 +23,11 @@ from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
 from sidegate.extauthz.service import AuthzService
 from sidegate.grpc_guard import AioDecodeGuard, DecodeGuard
-from sidegate.metrics import READY, RELOADS
+from sidegate.health import component_report
+from sidegate.metrics import READY
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.reflection import enable_reflection
+from sidegate.reloads import ConfigReloader
 from sidegate.settings import SidegateConfig, TlsSettings
 from sidegate.tls import TlsFileError, server_credentials
 from sidegate.tracing_setup import TracingUnavailable, start_tracing, stop_tracing
@@ -46,14 +49,33 @@ class Sidegate:
     ratelimit: RateLimitService | None = None
     tracker: gs.CallTracker = field(default_factory=gs.CallTracker)
     _services: list[str] = field(default_factory=list)
+    # The servicers answering each kind of call ("authz", "ratelimit"): a live config reload
+    # points them at a rebuilt service.
+    servicers: dict[str, list[Any]] = field(default_factory=dict)
 
     draining: bool = False
+    started: bool = False
 
     @property
     def ready(self) -> bool:
-        if self.draining:
-            return False
-        return all(s.ready for s in (self.authz, self.ratelimit) if s is not None)
+        """The process can answer calls (/readyz, overall gRPC health). A part that is down
+        (Redis, an IdP) is reported per service and per component, not here."""
+        return self.started and not self.draining
+
+    def service_status(self) -> dict[str, bool]:
+        """gRPC health per service name: "" is the process, each service its own state."""
+        status = {"": self.ready}
+        if self.authz is not None:
+            status[gs.AUTHZ_SERVICE] = self.ready and self.authz.ready
+        if self.ratelimit is not None:
+            status[gs.RATELIMIT_SERVICE] = self.ready and self.ratelimit.ready
+        return status
+
+    def swap_service(self, kind: str, service: Any) -> None:
+        """One reference per servicer: a call uses the old service or the new, never a mix."""
+        setattr(self, kind, service)
+        for servicer in self.servicers.get(kind, ()):
+            servicer.service = service
 
     async def start_services(self) -> None:
         if self.config.authz.enabled:
@@ -70,6 +92,10 @@ class Sidegate:
             if service is not None:
                 await service.close()
 
+    def register(self, kind: str, servicer: Any) -> Any:
+        self.servicers.setdefault(kind, []).append(servicer)
+        return servicer
+
     def debug_routes(self, admin: web.Application) -> None:
         """/debug/* on the admin port (loopback, or with a token: see sidegate/debug.py)."""
         server = self.config.server
@@ -84,16 +110,6 @@ class Sidegate:
         }
         debug.add_debug_routes(admin, states, token)
         debug.add_explain_route(admin, self, token)
-
-    def reload(self) -> None:
-        """SIGHUP: every component re-reads its files; a bad file keeps the running version."""
-        for name, service in (("authz", self.authz), ("ratelimit", self.ratelimit)):
-            reload = getattr(service, "reload", None)
-            if reload is None:
-                continue
-            ok = bool(reload())
-            RELOADS.labels(name, "success" if ok else "error").inc()
-            log.info("reload", component=name, ok=ok)
 
 
 def _server_options(config: SidegateConfig) -> list[tuple[str, Any]]:
@@ -113,11 +129,11 @@ class _AioServing:
         self.health = health.aio.HealthServicer()
         if app.authz is not None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-                gs.AioAuthorization(app.authz, app.tracker), self.server
+                app.register("authz", gs.AioAuthorization(app.authz, app.tracker)), self.server
             )
         if app.ratelimit is not None:
             rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-                gs.AioRateLimit(app.ratelimit, app.tracker), self.server
+                app.register("ratelimit", gs.AioRateLimit(app.ratelimit, app.tracker)), self.server
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
@@ -126,9 +142,9 @@ class _AioServing:
     async def start(self) -> None:
         await self.server.start()
 
-    async def set_status(self, names: list[str], status: int) -> None:
-        for name in ["", *names]:
-            await self.health.set(name, status)
+    async def set_status(self, status: dict[str, bool]) -> None:
+        for name, serving in status.items():
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
         await self.server.stop(grace)
@@ -146,11 +162,13 @@ class _ThreadServing:
         bridge = gs.LoopBridge(loop, timeout=cfg.grace_period_s)
         if app.authz is not None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-                gs.ThreadedAuthorization(app.authz, bridge, app.tracker), self.server
+                app.register("authz", gs.ThreadedAuthorization(app.authz, bridge, app.tracker)),
+                self.server,
             )
         if app.ratelimit is not None:
             rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-                gs.ThreadedRateLimit(app.ratelimit, bridge, app.tracker), self.server
+                app.register("ratelimit", gs.ThreadedRateLimit(app.ratelimit, bridge, app.tracker)),
+                self.server,
             )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         _reflection(app, self.server)
@@ -159,9 +177,9 @@ class _ThreadServing:
     async def start(self) -> None:
         self.server.start()
 
-    async def set_status(self, names: list[str], status: int) -> None:
-        for name in ["", *names]:
-            self.health.set(name, status)
+    async def set_status(self, status: dict[str, bool]) -> None:
+        for name, serving in status.items():
+            self.health.set(name, SERVING if serving else NOT_SERVING)
 
     async def stop(self, grace: float) -> None:
         event = self.server.stop(grace)
@@ -190,14 +208,19 @@ def _reflection(app: Sidegate, server: Any) -> None:
         enable_reflection(names, server)
 
 
-async def serve(config: SidegateConfig, source: str = "embedded default") -> None:
-    """Run until SIGTERM/SIGINT; then stop accepting, drain in-flight calls, return."""
+async def serve(config: SidegateConfig, config_path: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT; then stop accepting, drain in-flight calls, return.
+
+    SIGHUP re-reads ``config_path`` and every file it references (see sidegate.reloads).
+    """
+    source = str(config_path) if config_path is not None else "embedded default"
     loop = asyncio.get_running_loop()
     app = Sidegate(config)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload)
+    reloader = ConfigReloader(app, config_path)
+    loop.add_signal_handler(signal.SIGHUP, reloader.request)
     try:
         tracer_provider = start_tracing(config.tracing)
     except TracingUnavailable as exc:
@@ -219,9 +242,15 @@ async def serve(config: SidegateConfig, source: str = "embedded default") -> Non
         await app.close_services()
         raise
     await serving.start()
+    app.started = True
     try:
         admin = (
-            await start_admin(config.server.admin_address, lambda: app.ready, app.debug_routes)
+            await start_admin(
+                config.server.admin_address,
+                lambda: app.ready,
+                lambda: component_report(app),
+                app.debug_routes,
+            )
             if workers.serves_admin()
             else None
         )
@@ -230,7 +259,7 @@ async def serve(config: SidegateConfig, source: str = "embedded default") -> Non
         await app.close_services()
         address = config.server.admin_address
         raise StartupError(f"cannot bind admin address {address}: {exc}") from exc
-    await serving.set_status(app._services, SERVING if app.ready else NOT_SERVING)
+    await serving.set_status(app.service_status())
     READY.set(1 if app.ready else 0)
     # Long-lived start-up objects out of the cyclic GC's reach: no 50 ms gen-2 pauses.
     gc_tuning.tune_after_startup()
@@ -251,7 +280,8 @@ async def serve(config: SidegateConfig, source: str = "embedded default") -> Non
     watcher.cancel()
     draining_since = loop.time()
     app.draining = True
-    await serving.set_status(app._services, NOT_SERVING)
+    await reloader.close()
+    await serving.set_status(app.service_status())
     READY.set(0)
     await _quiesce(app.tracker, config.server.drain_quiet_period_s, grace / 2)
     await serving.stop(max(grace - (loop.time() - draining_since), 0.5))
@@ -276,13 +306,20 @@ async def _quiesce(tracker: gs.CallTracker, quiet_period: float, limit: float) -
         await asyncio.sleep(0.02)
 
 
-async def _track_readiness(app: Sidegate, serving: _AioServing | _ThreadServing) -> None:
-    last = app.ready
+async def _track_readiness(
+    app: Sidegate, serving: _AioServing | _ThreadServing, interval: float = 1.0
+) -> None:
+    """Keep gRPC health per service in step with its parts (Redis down: rate limit only)."""
+    last = app.service_status()
     while True:
-        await asyncio.sleep(1.0)
-        now = app.ready
-        if now != last:
-            await serving.set_status(app._services, SERVING if now else NOT_SERVING)
-            READY.set(1 if now else 0)
-            log.info("readiness_changed", ready=now)
-            last = now
+        await asyncio.sleep(interval)
+        try:
+            now = app.service_status()
+            if now != last:
+                await serving.set_status(now)
+                READY.set(1 if app.ready else 0)
+                changed = {n or "(process)": ok for n, ok in now.items() if last.get(n) != ok}
+                log.info("health_changed", serving=changed)
+                last = now
+        except Exception as exc:  # health tracking must outlive any surprise in a part
+            log.warning("health_check_failed", error=repr(exc)[:500])

@@ -28,7 +28,7 @@ _SUBCOMMAND_MODULES = (
 
 
 def _fail(problem: object, code: int) -> int:
-    print(f"sidegate: {problem}", file=sys.stderr)
+    _report(str(problem))
     return code
 
 
@@ -56,34 +56,36 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return run_workers(path, config.server.workers, config.server.grace_period_s, flags)
     configure_logging(config.server.log_level, config.server.log_allowed_sample_rate)
     try:
-        asyncio.run(serve(config, source=str(path) if path else "embedded default"))
+        asyncio.run(serve(config, path))
     except StartupError as exc:
         return _fail(exc, RUNTIME_ERROR)
-    except (AuthzConfigError, RuleConfigError, TlsFileError) as exc:
-        # A policy, key, rule or certificate file referenced by the config is wrong.
+    except TlsFileError as exc:
         return _fail(exc, INPUT_ERROR)
+    except (AuthzConfigError, RuleConfigError) as exc:
+        # A policy, key file or rule file referenced by the config is wrong: name them all.
+        from sidegate.references import check_references
+
+        for problem in check_references(config, path) or [str(exc)]:
+            _report(problem)
+        return INPUT_ERROR
     return OK
 
 
+def _report(message: str) -> None:
+    """Every line of an error prefixed, so each reads on its own in a log or a terminal."""
+    for line in message.splitlines() or [""]:
+        print(f"sidegate: {line}", file=sys.stderr)
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from sidegate.extauthz.factory import validate as validate_authz
-    from sidegate.ratelimit.config import validate as validate_ratelimit
+    from sidegate.references import check_references
 
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         return _fail(exc, INPUT_ERROR)
-    problems = []
-    if config.authz.enabled:
-        try:
-            validate_authz(config.authz)
-        except AuthzConfigError as exc:
-            problems.append(str(exc))
-    if config.ratelimit.enabled:
-        try:
-            validate_ratelimit(config.ratelimit)
-        except RuleConfigError as exc:
-            problems.append(str(exc))
+    # every referenced file (policies, key files, PEM files, rule files), all problems at once
+    problems = check_references(config, args.config)
     if config.server.tls is not None:
         from sidegate.tls import TlsFileError, load_configuration
 
@@ -102,7 +104,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         for warning in key_file_tier_warnings(config):
             print(f"sidegate: warning: {args.config or 'embedded'}: {warning}", file=sys.stderr)
     for problem in problems:
-        print(f"sidegate: {problem}", file=sys.stderr)
+        _report(problem)
     if problems:
         return INPUT_ERROR
     print(f"{args.config or 'embedded default'}: ok")

@@ -3,6 +3,7 @@
 from prometheus_client import Counter, Gauge, Info
 
 from sidegate import __version__
+from sidegate.common import reloading
 
 GRPC_ERRORS = Counter(
     "sidegate_grpc_errors_total",
@@ -10,8 +11,7 @@ GRPC_ERRORS = Counter(
     ["service", "code"],
 )
 READY = Gauge("sidegate_ready", "1 once config, policies and rate-limit rules are loaded")
-RELOADS = Counter(
-    "sidegate_reloads_total", "SIGHUP reloads by component and result", ["component", "result"]
-)
+# One reload metric for every component and trigger, defined next to the reloader that counts it.
+RELOADS = reloading.RELOADS
 BUILD_INFO = Info("sidegate_build", "The running sidegate's version")
 BUILD_INFO.info({"version": __version__})

@@ -8,7 +8,6 @@ rule with the value of another one, so such a path is never handed to it.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
@@ -23,6 +22,8 @@ import regopy
 import structlog
 
 from sidegate.common.cache import Clock
+from sidegate.common.file_watcher import FileWatcher
+from sidegate.common.reloading import Reloader
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.extauthz.policy import builtins_check, metrics, nesting, rego_native
 from sidegate.extauthz.policy.decision_cache import (
@@ -41,10 +42,10 @@ from sidegate.extauthz.policy.input_paths import (
 )
 from sidegate.extauthz.policy.rule_conflicts import find_conflicts
 from sidegate.extauthz.policy.sources import (
+    POLICY_SUFFIXES,
     PolicySourceError,
     PolicySources,
     RegoModule,
-    fingerprint,
     read_sources,
 )
 
@@ -303,7 +304,10 @@ class EmbeddedEngine:
         self._reload_lock = threading.Lock()
         self._compiled: CompiledPolicies | None = None
         self._watch_interval = watch_interval
-        self._watch_task: asyncio.Task[None] | None = None
+        self.watcher: FileWatcher | None = None
+        # Compiles in a worker thread (reload() swaps under the lock); any exception is a failed
+        # reload that keeps the running bundle.
+        self.reloader: Reloader[bool] = Reloader("policy", str(directory), self.reload)
 
     name = ENGINE_NAME
 
@@ -371,33 +375,25 @@ class EmbeddedEngine:
         if self._compiled is None:
             self.load()
             metrics.RELOADS.labels("ok").inc()
-        if self._watch_interval > 0 and self._watch_task is None:
-            self._watch_task = asyncio.create_task(self._watch(), name="policy-watch")
+        if self._watch_interval > 0 and self.watcher is None:
+            compiled = self._compiled
+            self.watcher = FileWatcher(
+                "policy",
+                self.directory,
+                self.reload_async,
+                interval=self._watch_interval,
+                suffixes=POLICY_SUFFIXES,
+            )
+            self.watcher.start(compiled.sources.fingerprint if compiled else None)
+
+    async def reload_async(self, trigger: str = "watch") -> bool:
+        """Recompile in a worker thread (watcher, SIGHUP); never raises."""
+        return await self.reloader.run(trigger)
 
     async def close(self) -> None:
-        task, self._watch_task = self._watch_task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-
-    async def _watch(self) -> None:
-        """Poll file fingerprints; reload when any policy or data file changed."""
-        compiled = self._compiled
-        seen = compiled.sources.fingerprint if compiled else ()
-        while True:
-            await asyncio.sleep(self._watch_interval)
-            try:
-                current = fingerprint(self.directory)
-            except OSError as exc:
-                log.warning("policy_watch_failed", directory=str(self.directory), error=str(exc))
-                continue
-            if current != seen:
-                seen = current
-                # Compiling happens off the event loop; the swap itself is one assignment.
-                await asyncio.to_thread(self.reload)
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            await watcher.stop()
 
     def evaluate_json(self, path: str, input_json: str) -> EvalResult:
         """Evaluate with an input already serialised (the fast path, no dict round trip)."""

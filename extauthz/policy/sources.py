@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from sidegate.common.file_watcher import Fingerprint
+from sidegate.common.file_watcher import fingerprint as common_fingerprint
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 from sidegate.extauthz.policy import nesting
 
 DATA_SUFFIXES = frozenset({".json", ".yaml", ".yml"})
+POLICY_SUFFIXES = frozenset({".rego"}) | DATA_SUFFIXES
 TEST_SUFFIX = "_test.rego"
 
 _PACKAGE = re.compile(r"^package\s+([A-Za-z_][\w.]*)\s*$", re.MULTILINE)
@@ -26,6 +28,16 @@ _RULE_HEAD = re.compile(
     r"^(?:default\s+)?([A-Za-z_]\w*)(?=\s*(?::=|=|\bif\b|\bcontains\b|\[|\{|$))", re.MULTILINE
 )
 _KEYWORDS = frozenset({"package", "import", "default", "else", "not", "some", "every", "with"})
+
+
+def check_nesting(path: Path, text: str) -> None:
+    """Refuse a module nested deeper than nesting.MAX_NESTING before any parser sees it: rego-cpp
+    would hold the GIL on it for long, or recurse out of its stack (linear time)."""
+    try:
+        nesting.check_rego(text)
+    except nesting.TooDeep as exc:
+        line = text.count("\n", 0, exc.offset) + 1
+        raise PolicySourceError(f"{path}:{line}: {exc}") from None
 
 
 class PolicySourceError(Exception):
@@ -78,7 +90,7 @@ class PolicySources:
     directory: Path
     modules: tuple[RegoModule, ...]
     data: tuple[tuple[Path, dict[str, Any]], ...]
-    fingerprint: tuple[tuple[str, int, int], ...]
+    fingerprint: Fingerprint
 
     @property
     def policy_modules(self) -> tuple[RegoModule, ...]:
@@ -115,27 +127,30 @@ def _candidate_files(directory: Path) -> list[Path]:
     )
 
 
-def fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """(name, mtime_ns, size) of every policy and data file: what the watcher compares."""
-    result = []
-    for path in _candidate_files(directory):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        result.append((str(path), stat.st_mtime_ns, stat.st_size))
-    return tuple(result)
+def fingerprint(directory: Path) -> Fingerprint:
+    """What the shared file watcher compares, taken before the files are read."""
+    return common_fingerprint(directory, POLICY_SUFFIXES)
 
 
 def _read_data(path: Path) -> dict[str, Any]:
+    if path.suffix != ".json":
+        try:
+            doc = load_yaml_file(path).data
+        except YamlError as exc:
+            raise PolicySourceError(f"cannot read data file: {exc}") from None
+    else:
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            # ValueError covers bad UTF-8 too
+            raise PolicySourceError(f"{path}: cannot read data file: {exc}") from None
+        except RecursionError:
+            raise PolicySourceError(
+                f"{path}: data nested deeper than {nesting.MAX_NESTING} levels"
+            ) from None
     try:
-        text = path.read_text()
-        doc = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
         nesting.check_value(doc)
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise PolicySourceError(f"{path}: cannot read data file: {exc}") from exc
     except (RecursionError, nesting.TooDeep):
-        # Both parsers recurse per level; the limit is the clear message either way.
         raise PolicySourceError(
             f"{path}: data nested deeper than {nesting.MAX_NESTING} levels"
         ) from None
@@ -159,6 +174,7 @@ def read_sources(directory: Path, *, require_policies: bool = True) -> PolicySou
             text = path.read_text()
         except (OSError, UnicodeDecodeError) as exc:
             raise PolicySourceError(f"{path}: cannot read policy: {exc}") from exc
+        check_nesting(path, text)
         match = _PACKAGE.search(text)
         if match is None:
             raise PolicySourceError(f"{path}:1:1: no package declaration")

@@ -6,8 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 from sidegate.ratelimit.config.errors import RuleConfigError
 from sidegate.ratelimit.config.keys import check_keys
 from sidegate.ratelimit.config.limits import parse_rule
@@ -47,13 +46,6 @@ def rule_files(directory: Path) -> list[Path]:
     return found
 
 
-def _yaml_error(file: str, exc: yaml.YAMLError) -> RuleConfigError:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}: " if mark is not None else ""
-    return RuleConfigError(file, f"error loading config file: yaml: {where}{problem}")
-
-
 def _flag(file: str, raw: dict[str, Any], field: str) -> bool:
     value = raw.get(field, False)
     if not isinstance(value, bool):
@@ -79,16 +71,6 @@ def wildcard_pattern(composite: str) -> WildcardPattern:
     return WildcardPattern(composite)
 
 
-def _parse(text: str) -> tuple[yaml.Node | None, Any]:
-    """The node tree (for key positions and lines) and the Python value of one document."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        return node, (loader.construct_document(node) if node is not None else None)
-    finally:
-        loader.dispose()
-
-
 class _Loader:
     def __init__(self, settings_algorithm: DefaultAlgorithm, merge: bool) -> None:
         self.algorithm = settings_algorithm
@@ -98,16 +80,14 @@ class _Loader:
     def load_file(self, path: Path) -> None:
         file = str(path)
         try:
-            node, raw = _parse(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise _yaml_error(file, exc) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RuleConfigError(file, f"error loading config file: {exc}") from None
-        except RecursionError:
+            document = load_yaml_file(path)
+        except YamlError as exc:
+            where = f"line {exc.line}: " if exc.line is not None else ""
             raise RuleConfigError(
-                file, "error loading config file: yaml: the document is nested too deeply"
+                file, f"error loading config file: yaml: {where}{exc.problem}"
             ) from None
-        report = check_keys(file, node)
+        raw = document.data
+        report = check_keys(file, document.node)
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -241,3 +221,26 @@ def load_from_settings(settings: RateLimitSettings) -> RuleSet:
 def validate(settings: RateLimitSettings) -> None:
     """Load every rule file; raise RuleConfigError naming the file. No Redis contact."""
     load_from_settings(settings)
+
+
+def check_rule_files(
+    directory: Path, *, default_algorithm: Algorithm = "token_bucket", merge: bool = False
+) -> list[RuleConfigError]:
+    """Every problem of every rule file (check-config reports them all, not only the first):
+    each file loaded on its own, then all together for what spans files (duplicate domains)."""
+    try:
+        files = rule_files(directory)
+    except RuleConfigError as exc:
+        return [exc]
+    problems = []
+    for path in files:
+        try:
+            _Loader(default_algorithm, merge).load_file(path)
+        except RuleConfigError as exc:
+            problems.append(exc)
+    if not problems:
+        try:
+            load_rules(directory, default_algorithm=default_algorithm, merge=merge)
+        except RuleConfigError as exc:
+            problems.append(exc)
+    return problems

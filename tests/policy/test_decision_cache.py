@@ -433,7 +433,8 @@ def test_cache_rejects_a_zero_ttl():
 
 @pytest.mark.parametrize("directory", POLICY_DIRS, ids=[d.name for d in POLICY_DIRS])
 def test_cached_pruned_decisions_equal_uncached_full_ones(directory):
-    # A frozen clock: on a loaded machine the second round may start after the 5 s TTL.
+    # A frozen clock: the second round must find the first round's decisions however long the
+    # first took on a loaded machine (the TTL is 5 s of real time otherwise).
     cached = engine_for(directory, clock=Clock())
     plain = engine_for(directory, cache_decisions=False)
     needs = cached.input_needs

@@ -345,4 +345,4 @@ def test_check_config_reads_the_protoset_and_names_a_bad_one(
     protoset.write_bytes(b"\x0a\x05broken")
     assert main(["check-config", str(config)]) != 0
     err = capsys.readouterr().err
-    assert f"sidegate: {protoset}: not a protoset" in err
+    assert "authz.policy.body.proto_descriptor: " in err and f"{protoset}: not a protoset" in err

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from sidegate.ratelimit import metrics
-from sidegate.ratelimit.reload import RuleWatcher
+from sidegate.ratelimit.reload import rule_watcher
 from tests.ratelimit.conftest import OK, OVER, ServiceFactory, descriptor, request
 
 V1 = "domain: r\ndescriptors:\n  - key: k\n    rate_limit: {requests_per_unit: 3, unit: year}\n"
@@ -76,27 +76,31 @@ async def test_configmap_symlink_swap(tmp_path: Path, make_service: ServiceFacto
     service = await make_service({}, rules_dir=root)
     reloads: list[bool] = []
 
-    def reload() -> bool:
-        reloads.append(service.reload())
+    async def reload() -> bool:
+        reloads.append(await service.reload_async())
         return reloads[-1]
 
-    watcher = RuleWatcher(root, reload, interval=3600)
-    assert watcher.check() is False  # nothing changed yet
+    watcher = rule_watcher(root, reload, interval=3600)
+    watcher.start()
+    assert await watcher.check() is False  # nothing changed yet
     # Same size, same name: only the ..data target changes.
     _configmap(root, "2026_01_01_v2", {"r.yaml": V2})
-    assert watcher.check() is True
+    assert await watcher.check() is True
     assert reloads == [True]
     assert service.rules.files == (str(root / "r.yaml"),)  # ..data itself is never read twice
     response = await service.should_rate_limit(request("r", [("k", "v")]))
     assert response.statuses[0].current_limit.requests_per_unit == 5
-    assert watcher.check() is False
+    assert await watcher.check() is False
+    await watcher.stop()
 
 
 async def test_watcher_task_reloads(tmp_path: Path, make_service: ServiceFactory) -> None:
     service = await make_service({"r.yaml": V1})
     called: list[int] = []
-    watcher = RuleWatcher(service.settings.rules_dir, lambda: bool(called.append(1)) or True,
-                          interval=0.01)
+    async def reload() -> None:
+        called.append(1)
+
+    watcher = rule_watcher(service.settings.rules_dir, reload, interval=0.01)
     watcher.start()
     try:
         (service.settings.rules_dir / "new.yaml").write_text("domain: n\n")

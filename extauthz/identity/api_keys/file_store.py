@@ -15,7 +15,6 @@ File shape::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import tempfile
@@ -27,6 +26,9 @@ import structlog
 import yaml
 from pydantic import ValidationError
 
+from sidegate.common.file_watcher import FileWatcher, Fingerprint, fingerprint
+from sidegate.common.reloading import Reloader
+from sidegate.common.yaml_loader import YamlError, load_yaml_file
 from sidegate.extauthz.identity import metrics
 from sidegate.extauthz.identity.api_keys.key_file_edit import (
     edit_key_file,
@@ -40,26 +42,13 @@ from sidegate.extauthz.identity.api_keys.store import KeyStoreError
 log = structlog.get_logger("sidegate.identity.api_keys")
 
 
-def _stat_signature(path: Path) -> tuple[int, int, int] | None:
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
 def parse_key_file(path: Path) -> dict[str, ApiKeyRecord]:
     """Read and validate the whole file; raise KeyStoreError rather than return a partial set."""
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: cannot read: {exc.strerror}") from None
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise KeyStoreError(f"{path}:{where} invalid YAML") from None
+        loaded = load_yaml_file(path)
+    except YamlError as exc:
+        raise KeyStoreError(str(exc)) from None
+    document = loaded.data
     if document is None:
         document = {"keys": []}
     if not isinstance(document, Mapping) or set(document) - {"keys"}:
@@ -76,9 +65,11 @@ def parse_key_file(path: Path) -> dict[str, ApiKeyRecord]:
                 f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}"
                 for err in exc.errors()
             )
-            raise KeyStoreError(f"{path}: keys[{index}]: {problems}") from None
+            line = loaded.line_of(("keys", index))
+            raise KeyStoreError(f"{path}:{line}: keys[{index}]: {problems}") from None
         if record.digest in records:
-            raise KeyStoreError(f"{path}: keys[{index}]: duplicate digest")
+            line = loaded.line_of(("keys", index))
+            raise KeyStoreError(f"{path}:{line}: keys[{index}]: duplicate digest")
         records[record.digest] = record
     return records
 
@@ -113,7 +104,11 @@ def write_key_file(path: Path, records: Iterable[ApiKeyRecord]) -> None:
 
 
 class FileKeyStore:
-    """Holds the parsed file in memory; lookups are a dict access by digest."""
+    """Holds the parsed file in memory; lookups are a dict access by digest.
+
+    Reloads (the shared file watcher, SIGHUP) parse in a worker thread through one Reloader
+    and swap the dict on the loop; a bad or missing file keeps the previous set.
+    """
 
     kind = "file"
 
@@ -121,8 +116,12 @@ class FileKeyStore:
         self.path = path
         self.reload_interval = reload_interval
         self._records: dict[str, ApiKeyRecord] = {}
-        self._signature: tuple[int, int, int] | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._loaded = False
+        self._baseline: Fingerprint | None = None
+        self.watcher: FileWatcher | None = None
+        self.reloader: Reloader[dict[str, ApiKeyRecord]] = Reloader(
+            "api_key_file", str(path), self._parse_for_reload, self._install
+        )
 
     @property
     def size(self) -> int:
@@ -130,39 +129,38 @@ class FileKeyStore:
 
     def load(self) -> None:
         """Initial load: a bad file is fatal here (startup must name the problem)."""
-        signature = _stat_signature(self.path)
-        if signature is None:
+        baseline = fingerprint(self.path)
+        if not baseline:
             raise KeyStoreError(f"{self.path}: API key file does not exist")
         self._records = parse_key_file(self.path)
-        self._signature = signature
+        self._baseline = baseline
+        self._loaded = True
         metrics.API_KEYS_LOADED.labels("file").set(len(self._records))
 
-    def check_for_changes(self) -> bool:
-        """Reload when the file changed; returns True when a new set was installed."""
-        signature = _stat_signature(self.path)
-        if signature == self._signature:
-            return False
-        self._signature = signature
-        if signature is None:
-            metrics.API_KEY_RELOADS.labels("error").inc()
-            log.warning("api key file missing, keeping previous keys", path=str(self.path))
-            return False
+    def _parse_for_reload(self) -> dict[str, ApiKeyRecord]:
         try:
-            records = parse_key_file(self.path)
-        except KeyStoreError as exc:
+            if not self.path.exists():
+                raise KeyStoreError(f"{self.path}: API key file missing")
+            return parse_key_file(self.path)
+        except Exception as exc:
             metrics.API_KEY_RELOADS.labels("error").inc()
             log.warning(
                 "api key file rejected, keeping previous keys",
-                error=str(exc),
+                error=str(exc)[:2000],
                 keys=len(self._records),
             )
-            return False
+            raise
+
+    def _install(self, records: dict[str, ApiKeyRecord]) -> None:
         # One reference swap: a concurrent lookup sees the old set or the new, never a mix.
         self._records = records
         metrics.API_KEY_RELOADS.labels("ok").inc()
         metrics.API_KEYS_LOADED.labels("file").set(len(records))
         log.info("api key file reloaded", path=str(self.path), keys=len(records))
-        return True
+
+    async def reload_async(self, trigger: str = "watch") -> bool:
+        """Re-read the file off the loop; True when a new set was installed."""
+        return await self.reloader.run(trigger)
 
     async def lookup(self, digest: str) -> ApiKeyRecord | None:
         return self._records.get(digest)
@@ -213,22 +211,15 @@ class FileKeyStore:
         return {"type": "file", "path": str(self.path), "keys": len(self._records)}
 
     async def start(self) -> None:
-        if self._signature is None:
+        if not self._loaded:
             self.load()
-        if self.reload_interval > 0 and self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="api-key-file-watch")
+        if self.reload_interval > 0 and self.watcher is None:
+            self.watcher = FileWatcher(
+                "api_key_file", self.path, self.reload_async, interval=self.reload_interval
+            )
+            self.watcher.start(self._baseline)
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.reload_interval)
-            try:
-                self.check_for_changes()
-            except Exception:  # the watcher must outlive any surprise; the old set stays
-                log.exception("api key file watch failed", path=str(self.path))
+        watcher, self.watcher = self.watcher, None
+        if watcher is not None:
+            await watcher.stop()
