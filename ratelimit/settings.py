@@ -40,7 +40,9 @@ class RedisSettings(_Strict):
     key_prefix: str = "sidegate:rl:"
     # Bounded so a slow Redis costs at most this per call (envoyproxy/ratelimit#462).
     timeout_seconds: float = Field(default=0.25, gt=0)
+    # Seconds to connect to Redis.
     connect_timeout_seconds: float = Field(default=0.5, gt=0)
+    # Pooled connections to Redis.
     max_connections: int = Field(default=64, ge=1)
     # After a failure Redis is not tried again for this long (calls use the failure mode),
     # then one call probes it.
@@ -58,7 +60,9 @@ class RedisSettings(_Strict):
 class LocalCacheSettings(_Strict):
     """Keys known to be over their limit until time T are answered without Redis until T."""
 
+    # Remember over-limit keys until their reset so that Redis is not asked again (Redis backend).
     enabled: bool = True
+    # Over-limit keys remembered (bounded).
     max_entries: int = Field(default=100_000, ge=1)
 
 
@@ -73,27 +77,36 @@ class MemorySettings(_Strict):
 class ResponseHeaderSettings(_Strict):
     """Optional RateLimit-* response headers, named as envoyproxy/ratelimit names them."""
 
+    # Add RateLimit-* headers (draft-ietf-httpapi-ratelimit-headers) to responses.
     enabled: bool = False
+    # Name of the limit header.
     limit_header: str = "RateLimit-Limit"
+    # Name of the remaining-requests header.
     remaining_header: str = "RateLimit-Remaining"
+    # Name of the seconds-until-reset header.
     reset_header: str = "RateLimit-Reset"
 
 
 class ReloadSettings(_Strict):
     # Poll the rules directory (ConfigMap ..data swaps included); SIGHUP reloads regardless.
     watch: bool = True
+    # Seconds between looks at the rules directory.
     interval_seconds: float = Field(default=1.0, gt=0)
 
 
 class RateLimitSettings(_Strict):
+    # Serve envoy.service.ratelimit.v3.RateLimitService (false: leave it out of the process).
     enabled: bool = True
+    # Directory of envoyproxy/ratelimit-format domain files, relative to the config file.
     rules_dir: Path = Path("examples/ratelimit")
+    # memory: buckets in this process; redis: shared by every instance (one round trip per call).
     backend: Literal["memory", "redis"] = "memory"
     redis: RedisSettings = Field(default_factory=RedisSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
     # What a call gets when Redis fails or is slow: a gRPC UNAVAILABLE (Envoy's
     # failure_mode_deny decides), an OK answer, or in-process buckets with the same limits.
     failure_mode: FailureMode = "error"
+    # failure_mode per domain, overriding failure_mode.
     failure_mode_by_domain: dict[str, FailureMode] = Field(default_factory=dict)
     # Algorithm of rules that name none. auto: a rule file in envoyproxy/ratelimit's format (no
     # sidegate extension key) counts in its epoch-aligned fixed windows, exactly as upstream
@@ -110,7 +123,9 @@ class RateLimitSettings(_Strict):
     merge_domain_config: bool = False
     # Global SHADOW_MODE / QUOTA_MODE of envoyproxy/ratelimit.
     shadow_mode: bool = False
+    # envoyproxy/ratelimit's QUOTA_MODE for every rule.
     quota_mode: bool = False
+    # Share of a limit from which hits count as near_limit in the per-rule metrics.
     near_limit_ratio: float = Field(default=0.8, gt=0, le=1)
     local_cache: LocalCacheSettings = Field(default_factory=LocalCacheSettings)
     response_headers: ResponseHeaderSettings = Field(default_factory=ResponseHeaderSettings)

@@ -57,7 +57,9 @@ class TlsSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # The server certificate chain (PEM), re-read when it changes.
     cert_file: Path
+    # The server's private key (PEM, unencrypted), re-read when it changes.
     key_file: Path
     # CA bundle that client certificates must chain to; set it to turn on mTLS.
     client_ca_file: Path | None = None
@@ -70,17 +72,23 @@ class TlsSettings(BaseModel):
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # ext_authz, rate limit, gRPC health and reflection: host:port.
     grpc_address: str = "127.0.0.1:9191"
+    # Plain HTTP: /metrics, /healthz, /readyz, /debug/* (host:port; loopback by default).
     admin_address: str = "127.0.0.1:9192"
     # grpc.aio won behind Envoy with realistic work per call (bench/README.md); "threads" keeps
     # the thread-pool server available for re-measuring on other hosts.
     model: Literal["aio", "threads"] = "aio"
+    # Worker threads of the threads model.
     threads: int = Field(default=16, ge=1, le=256)
+    # On SIGTERM: stop accepting, let in-flight calls finish for at most this long, exit 0.
     grace_period_s: float = Field(default=10.0, gt=0, le=300)
     # On SIGTERM, keep answering until calls stop arriving for this long (bounded by half the
     # grace period), then stop and let in-flight calls finish.
     drain_quiet_period_s: float = Field(default=0.5, ge=0, le=30)
+    # gRPC server reflection (v1 and v1alpha, for grpcurl).
     reflection: bool = True
+    # Lowest level logged; logs are JSON lines on stdout.
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Share of the allowed decision lines (Check allowed, ShouldRateLimit OK) that are logged;
     # denials, over-limit answers and errors always are. Lines carry ``sample_rate`` when < 1.
@@ -88,6 +96,7 @@ class ServerSettings(BaseModel):
     # Serving processes (pre-forked, SO_REUSEPORT on grpc_address, one event loop each). With
     # N > 1 rate-limit buckets must be shared: the Redis backend, not memory (config refuses).
     workers: int = Field(default=1, ge=1, le=64)
+    # Largest gRPC message accepted (CheckRequests carry bodies sent with with_request_body).
     max_receive_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Environment variable holding the bearer token the admin port's /debug/* endpoints require
     # when admin_address is not a loopback address (without one they are not served there).

@@ -15,6 +15,7 @@ class TracingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Export OpenTelemetry spans of every Check and ShouldRateLimit (off: no cost).
     enabled: bool = False
     # OTLP over gRPC (port 4317 by convention) or HTTP/protobuf (4318, path /v1/traces).
     exporter: Literal["otlp_grpc", "otlp_http"] = "otlp_grpc"

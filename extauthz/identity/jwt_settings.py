@@ -35,11 +35,17 @@ MIN_HMAC_SECRET_BYTES = 32
 class StaticKey(_Strict):
     """One key given in config: a public key (PEM text or file, or a JWK) or an HMAC secret."""
 
+    # The key id tokens name in their kid header (optional with one key).
     kid: str | None = None
+    # A public key in PEM, inline.
     pem: str | None = None
+    # A PEM file with a public key, relative to the config file.
     pem_file: Path | None = None
+    # A public key as a JWK object.
     jwk: dict[str, Any] | None = None
+    # An HMAC secret (at least 32 bytes), inline; masked by config show.
     secret: str | None = None
+    # A file holding an HMAC secret.
     secret_file: Path | None = None
 
     _resolve_pem_file = field_validator("pem_file")(resolve_path)
@@ -64,14 +70,19 @@ class StaticKey(_Strict):
 class JwksSettings(_Strict):
     """How remote keys (discovery / jwks_uri) are fetched and cached."""
 
+    # Seconds fetched keys are used before a refresh.
     ttl_seconds: float = Field(default=600.0, gt=0)
     # an unknown kid may trigger at most one refetch per cooldown
     cooldown_seconds: float = Field(default=30.0, ge=0)
     # after a failed fetch, wait this long before trying again
     retry_seconds: float = Field(default=5.0, ge=0)
+    # Seconds one discovery or JWKS fetch may take (a request waits at most its deadline).
     timeout_seconds: float = Field(default=5.0, gt=0)
+    # Largest JWKS or discovery document accepted.
     max_bytes: int = Field(default=256 * 1024, gt=0)
+    # Most keys a JWKS may hold.
     max_keys: int = Field(default=64, gt=0)
+    # Unknown kids remembered (so a burst of random kids makes at most one refetch).
     max_unknown_kids: int = Field(default=1024, gt=0)
 
 
@@ -81,11 +92,15 @@ class ClaimMapping(_Strict):
     Names may be dotted paths into nested objects (``realm_access.roles``).
     """
 
+    # The claim that becomes identity.subject.
     subject: list[str] = Field(default_factory=lambda: ["sub"])
     # RFC 9068 §2.2: client_id is the client; azp (OIDC) for IdPs that do not send it
     consumer: list[str] = Field(default_factory=lambda: ["client_id", "azp", "sub"])
+    # The claim holding the caller's tier (rate-limit quotas).
     tier: list[str] = Field(default_factory=lambda: ["tier"])
+    # The tier when the token has no tier claim.
     default_tier: str = "default"
+    # The claim holding roles (a list or a space-separated string).
     roles: list[str] = Field(default_factory=lambda: ["roles"])
     # a space-separated string (``scope``) or an array (``scp``)
     scopes: list[str] = Field(default_factory=lambda: ["scope", "scp"])
@@ -94,17 +109,24 @@ class ClaimMapping(_Strict):
 class IssuerSettings(_Strict):
     """One trusted issuer, bound to its own keys."""
 
+    # The iss value tokens must carry exactly; with discovery, also where keys are found.
     issuer: str = Field(min_length=1)
     # keys from exactly one of: OIDC discovery on ``issuer``, a JWKS URL, static keys
     discovery: bool = False
+    # A JWKS URL (https, except on loopback) instead of discovery.
     jwks_uri: str | None = None
     keys: list[StaticKey] = Field(default_factory=list)
+    # Signature algorithms accepted; the token's alg header never chooses.
     algorithms: list[Algorithm] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    # A token's aud must contain one of these (none: aud not checked, with a warning: RFC 8725).
     audiences: list[str] = Field(default_factory=list)
     # e.g. "at+jwt" (RFC 9068); compared case-insensitively, "application/" prefix optional
     typ: str | None = None
+    # Clock skew allowed on exp, nbf and iat (Envoy's jwt_authn uses 60, PyJWT 0).
     leeway_seconds: float = Field(default=30.0, ge=0)
+    # When set, tokens whose exp is further than this after iat are refused.
     max_lifetime_seconds: float | None = Field(default=None, gt=0)
+    # Claims every token must carry.
     required_claims: list[str] = Field(default_factory=list)
     claims: ClaimMapping = Field(default_factory=ClaimMapping)
     jwks: JwksSettings = Field(default_factory=JwksSettings)
@@ -136,16 +158,22 @@ class IssuerSettings(_Strict):
 
 
 class JwtSourceSettings(SourceSettings):
+    # JSON Web Tokens verified with each issuer's keys (JWKS, discovery or static keys).
     type: Literal["jwt"]
     # claim only JWT-shaped bearer tokens, so an introspection source may take the opaque ones
     shape: Shape = "jwt"
     issuers: list[IssuerSettings] = Field(min_length=1)
+    # Longer tokens are refused (401) before any decoding.
     max_token_bytes: int = Field(default=8192, gt=0)
+    # Longest JOSE header accepted.
     max_header_bytes: int = Field(default=1024, gt=0)
+    # Longest kid accepted.
     max_kid_length: int = Field(default=128, gt=0)
     # verified-token cache: SHA-256(token) -> Identity, never past the token's exp
     token_cache: bool = True
+    # Verified tokens remembered (bounded LRU keyed by SHA-256 of the token).
     token_cache_entries: int = Field(default=10_000, gt=0)
+    # Longest a verified token is remembered (never past its exp).
     token_cache_max_ttl_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")

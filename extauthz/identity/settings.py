@@ -39,6 +39,7 @@ class IdentitySettings(_Strict):
     upstream_headers: dict[str, str] = Field(default_factory=dict)
     # remove the credential (header / cookie) before the request goes upstream
     strip_credential: bool = False
+    # The realm of WWW-Authenticate challenges on 401s.
     realm: str = Field(default="sidegate", pattern=r'^[^"\\\r\n]*$')
 
     @field_validator("upstream_headers")

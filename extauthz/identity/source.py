@@ -29,10 +29,13 @@ def resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
 class CredentialLocation(_Strict):
     """Exactly one of ``header`` (with an optional ``prefix``), ``query`` or ``cookie``."""
 
+    # Read the credential from this request header.
     header: str | None = None
     # e.g. "Bearer ": matched case-insensitively (RFC 7235 schemes); stripped from the value
     prefix: str | None = None
+    # Read the credential from this query parameter.
     query: str | None = None
+    # Read the credential from this cookie.
     cookie: str | None = None
 
     @model_validator(mode="after")
@@ -62,8 +65,11 @@ class RouteLimits(_Strict):
     ends without ``/``).
     """
 
+    # Applies when the route's context_extensions hold all of these.
     context_extensions: dict[str, str] = Field(default_factory=dict)
+    # Applies to these hosts (a leading *. matches subdomains).
     hosts: list[str] = Field(default_factory=list)
+    # Applies to paths under these prefixes (normalised, decoded path).
     path_prefixes: list[str] = Field(default_factory=list)
 
     @property
@@ -74,6 +80,7 @@ class RouteLimits(_Strict):
 class SourceSettings(_Strict):
     """The part of an identity source every verifier type has."""
 
+    # The source's name in logs, metrics and check-config messages.
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     credential: CredentialLocation = Field(default_factory=_bearer)
     routes: RouteLimits = Field(default_factory=RouteLimits)

@@ -194,7 +194,8 @@ async def test_key_file_reload_parses_in_a_worker_thread(
 
 
 def test_policy_nesting_is_bounded_before_any_parser_sees_it(tmp_path: Path) -> None:
-    from sidegate.extauthz.policy.sources import MAX_NESTING, PolicySourceError, read_sources
+    from sidegate.extauthz.policy.nesting import MAX_NESTING
+    from sidegate.extauthz.policy.sources import PolicySourceError, read_sources
 
     ok = 'package ok\n\n# [[[[ in a comment\nx := "[[[[{{{{ in a string"\ny := ' + (
         "[" * MAX_NESTING + "]" * MAX_NESTING
@@ -202,5 +203,7 @@ def test_policy_nesting_is_bounded_before_any_parser_sees_it(tmp_path: Path) -> 
     (tmp_path / "ok.rego").write_text(ok)
     assert read_sources(tmp_path).modules
     (tmp_path / "deep.rego").write_text(DEEP_REGO)
-    with pytest.raises(PolicySourceError, match=r"deep.rego:4: nested deeper than 128 levels"):
+    with pytest.raises(
+        PolicySourceError, match=rf"deep.rego:4: nested deeper than {MAX_NESTING} levels"
+    ):
         read_sources(tmp_path)

@@ -17,7 +17,9 @@ from sidegate.extauthz.identity.source import (
 
 
 class FileStoreSettings(_Strict):
+    # A YAML key file (`sidegate keys add` writes it); reloaded when it changes.
     type: Literal["file"]
+    # The key file, relative to the config file.
     path: Path
     # seconds between checks of the file for changes; 0 reads it once at start
     reload_interval: float = Field(default=2.0, ge=0)
@@ -26,13 +28,19 @@ class FileStoreSettings(_Strict):
 
 
 class RedisStoreSettings(_Strict):
+    # Keys in Redis, shared by every sidegate instance (one hash per digest).
     type: Literal["redis"]
+    # redis://, rediss:// or unix:// URL of the key store (a password in it is never logged).
     url: str = Field(default="redis://127.0.0.1:6379/0", pattern=r"^(redis|rediss|unix)://")
+    # Prefix of the key records' Redis keys.
     prefix: str = DEFAULT_PREFIX
     # local cache of lookups: a new or revoked key is seen by every instance within these
     cache_ttl: float = Field(default=5.0, ge=0)
+    # Seconds an unknown key is remembered as unknown (spares Redis a flood of bad keys).
     negative_cache_ttl: float = Field(default=1.0, ge=0)
+    # Key records kept in the local cache (bounded LRU).
     cache_size: int = Field(default=10_000, ge=1)
+    # Seconds a lookup may wait for Redis (also cut to the call's deadline); then 503.
     timeout: float = Field(default=0.5, gt=0)
 
 
@@ -44,6 +52,7 @@ def _api_key_header() -> CredentialLocation:
 
 
 class ApiKeySourceSettings(SourceSettings):
+    # API keys looked up by digest in a key store (file or Redis).
     type: Literal["api_key"]
     credential: CredentialLocation = Field(default_factory=_api_key_header)
     # more places a key may come from, e.g. [{header: authorization, prefix: "ApiKey "},
