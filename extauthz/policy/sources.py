@@ -37,7 +37,8 @@ def check_nesting(path: Path, text: str) -> None:
         nesting.check_rego(text)
     except nesting.TooDeep as exc:
         line = text.count("\n", 0, exc.offset) + 1
-        raise PolicySourceError(f"{path}:{line}: {exc}") from None
+        col = exc.offset - (text.rfind("\n", 0, exc.offset) + 1) + 1
+        raise PolicySourceError(f"{path}:{line}:{col}: {exc}") from None
 
 
 class PolicySourceError(Exception):
