@@ -376,7 +376,8 @@ class RateLimitService:
                 raise RateLimitUnavailable(f"rate limit backend unavailable: {exc}") from None
             except BucketError as exc:
                 # One corrupted key fails this request only: the backend is not down.
-                involved = sorted(set(rules if exc.index is None else [rules[exc.index]]))
+                known = exc.index is not None and 0 <= exc.index < len(rules)
+                involved = sorted(set([rules[exc.index]] if known else rules))  # type: ignore[index]
                 metrics.BUCKET_ERRORS.labels(domain).inc()
                 log.error(
                     "ratelimit_bucket_error",
