@@ -376,8 +376,9 @@ class RateLimitService:
                 raise RateLimitUnavailable(f"rate limit backend unavailable: {exc}") from None
             except BucketError as exc:
                 # One corrupted key fails this request only: the backend is not down.
-                known = exc.index is not None and 0 <= exc.index < len(rules)
-                involved = sorted(set([rules[exc.index]] if known else rules))  # type: ignore[index]
+                index = exc.index
+                known = index is not None and 0 <= index < len(rules)
+                involved = sorted({rules[index]} if index is not None and known else set(rules))
                 metrics.BUCKET_ERRORS.labels(domain).inc()
                 log.error(
                     "ratelimit_bucket_error",
