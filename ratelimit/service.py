@@ -412,7 +412,9 @@ class RateLimitService:
                 raise RateLimitUnavailable(f"rate limit backend unavailable: {exc}") from None
             except BucketError as exc:
                 # One corrupted key fails this request only: the backend is not down.
-                involved = sorted(set(rules if exc.index is None else [rules[exc.index]]))
+                index = exc.index
+                known = index is not None and 0 <= index < len(rules)
+                involved = sorted({rules[index]} if index is not None and known else set(rules))
                 metrics.BUCKET_ERRORS.labels(domain).inc()
                 log.error(
                     "ratelimit_bucket_error",

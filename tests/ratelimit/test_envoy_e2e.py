@@ -140,8 +140,8 @@ def test_redis_outage_through_envoy(tmp_path: Path, redis_server: RedisServer) -
 
 def test_tiers_behind_a_generic_key_prefix(tmp_path: Path) -> None:
     """examples/envoy.yaml's /api/ route sends [generic_key=api, tier, consumer] to domain
-    sidegate_tiers, whose tiers block sits under `generic_key: api` (examples/ratelimit/
-    tiers.yaml, as shipped, with the default algorithm)."""
+    sidegate_tiers (a per-route domain override), whose tiers block sits under
+    `generic_key: api` (examples/ratelimit/tiers.yaml, as shipped, default algorithm)."""
     bronze = "sg_test_bronze_0123456789abcdef"
     keys = tmp_path / "keys.yaml"
     keys.write_text(

@@ -63,9 +63,17 @@ def test_every_example_domain_is_sent_by_the_example_envoy() -> None:
     for listener in envoy["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
-                for http_filter in network_filter["typed_config"].get("http_filters", []):
+                hcm = network_filter["typed_config"]
+                for http_filter in hcm.get("http_filters", []):
                     if http_filter["name"] == "envoy.filters.http.ratelimit":
                         sent.add(http_filter["typed_config"]["domain"])
+                # Routes may override the filter's domain (RateLimitPerRoute.domain).
+                for host in hcm.get("route_config", {}).get("virtual_hosts", []):
+                    for route in host["routes"]:
+                        per_route = route.get("typed_per_filter_config", {})
+                        override = per_route.get("envoy.filters.http.ratelimit", {})
+                        if "domain" in override:
+                            sent.add(override["domain"])
     rules = load_rules(EXAMPLES)
     assert set(rules.domains) <= sent
     # The upstream-format file answers as upstream does; the tier file uses token buckets.
