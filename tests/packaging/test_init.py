@@ -63,7 +63,7 @@ def test_init_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_init_policy_tests_pass(tmp_path: Path) -> None:
     init(tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "sidegate", "policy", "test"], cwd=tmp_path,
+        [sys.executable, "-m", "sidegate", "policy", "test", "-v"], cwd=tmp_path,
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -85,7 +85,7 @@ def test_check_config_without_a_file(installed: Installed) -> None:
 
 
 def test_policy_test_without_a_directory(installed: Installed) -> None:
-    result = installed.sidegate("policy", "test")
+    result = installed.sidegate("policy", "test", "-v")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "PASS:" in result.stdout and "FAIL" not in result.stdout
     # The shipped policies, from site-packages, not from a checkout.

@@ -100,7 +100,7 @@ def test_serve_reports_them_all_too(tmp_path: Path) -> None:
         [sys.executable, "-m", "sidegate", "serve", "--config", str(config)],
         capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1  # bad input (common/exit_codes.py)
     assert "Traceback" not in proc.stderr
     assert_all_reported(proc.stderr, config)
 
