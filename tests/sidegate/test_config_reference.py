@@ -151,3 +151,12 @@ def test_config_show_names_a_bad_file(tmp_path: Path, capsys: pytest.CaptureFixt
     config.write_text("server:\n  grpc_adress: x\n")
     assert main(["config", "show", "--config", str(config)]) == 1
     assert "sidegate.yaml:2: server.grpc_adress: unknown key" in capsys.readouterr().err
+
+
+def test_the_schema_validates_what_sidegate_init_writes(tmp_path: Path) -> None:
+    from sidegate.init_cmd import write_starter
+
+    write_starter(tmp_path / "demo")
+    document = yaml.safe_load((tmp_path / "demo" / "sidegate.yaml").read_text())
+    errors = sorted(validator().iter_errors(document), key=str)
+    assert not errors, [e.message for e in errors]
