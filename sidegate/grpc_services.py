@@ -65,8 +65,9 @@ class CallTracker:
 def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for a failure; details stay generic (they reach Envoy's logs).
 
-    Never INTERNAL or UNKNOWN for Check: ``on_error: grpc_error`` asks for a gRPC error, and
-    FAILED_PRECONDITION (the policy cannot decide) or UNAVAILABLE say which kind it is.
+    Never INTERNAL or UNKNOWN: for Check ``on_error: grpc_error`` asks for a gRPC error, and
+    FAILED_PRECONDITION (the policy cannot decide) or UNAVAILABLE say which kind it is; for
+    ShouldRateLimit anything unexpected is UNAVAILABLE.
     """
     if isinstance(exc, CheckError):
         if exc.unavailable:
@@ -80,8 +81,11 @@ def _map_error(service: str, exc: Exception) -> tuple[grpc.StatusCode, str]:
     elif isinstance(exc, RateLimitRequestError):
         code, message = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     else:
-        log.error("unhandled_error", service=service, error=type(exc).__name__, exc_info=exc)
-        code, message = grpc.StatusCode.INTERNAL, "internal error"
+        # A bug (or a wait the call's deadline cut): still a deliberate answer, never INTERNAL.
+        # UNAVAILABLE lets Envoy's rate-limit failure mode (failure_mode_deny) decide; the log
+        # names the type and the raising frame, never the message (it may quote a value).
+        log.error("unhandled_error", service=service, error=type(exc).__name__, where=describe(exc))
+        code, message = grpc.StatusCode.UNAVAILABLE, "rate limit unavailable"
     GRPC_ERRORS.labels(service, code.name).inc()
     return code, message
 
