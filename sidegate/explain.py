@@ -27,6 +27,7 @@ from sidegate.extauthz.input_document import InputError, build_input
 from sidegate.extauthz.policy.decision import DecisionError, parse_decision
 from sidegate.extauthz.policy.decision_log import mask_input
 from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.package_rules import package_rule_values
 from sidegate.extauthz.request_view import RequestView
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
@@ -201,26 +202,8 @@ async def _policy(service: Any, request: Any, identity: Any) -> dict[str, Any]:
         out["allowed"] = parse_decision(result.value).allowed
     except DecisionError as exc:
         out["decision_error"] = str(exc)
-    out["rules"] = await _package_rules(service.engine, path, document)
+    out["rules"] = await package_rule_values(service.engine, path, document)
     return out
-
-
-async def _package_rules(engine: Any, path: str, document: dict[str, Any]) -> dict[str, Any]:
-    """The values of the rules beside the decision (``envoy/authz/*`` for envoy/authz/allow):
-    which of them held is what decided."""
-    package = path.rpartition("/")[0]
-    values: dict[str, Any] = {}
-    for entrypoint in sorted(getattr(engine, "entrypoints", ())):
-        if entrypoint.rpartition("/")[0] != package:
-            continue
-        try:
-            result = await engine.evaluate(entrypoint, document)
-        except PolicyError:
-            values[entrypoint] = "error"
-            continue
-        if result.value is not UNDEFINED:
-            values[entrypoint] = result.value
-    return values
 
 
 def _check_response(response: Any) -> dict[str, Any]:

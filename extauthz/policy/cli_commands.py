@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from importlib import resources
@@ -13,6 +14,7 @@ from sidegate.extauthz.policy import testing
 from sidegate.extauthz.policy.decision import DecisionError, parse_decision
 from sidegate.extauthz.policy.embedded import EmbeddedEngine, PolicyCompileError
 from sidegate.extauthz.policy.engine import UNDEFINED, PolicyError
+from sidegate.extauthz.policy.package_rules import package_rule_values
 
 
 def _default_directory() -> Path:
@@ -69,7 +71,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if result.value is not UNDEFINED:
         output["result"] = result.value
     if args.explain:
-        output["explain"] = _package_rules(engine, path, input_json)
+        output["explain"] = asyncio.run(package_rule_values(engine, path, input_doc))
     # Whether sidegate could use it as a Check decision, and why not.
     try:
         output["allowed"] = parse_decision(result.value).allowed
@@ -77,23 +79,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         output["error"] = str(exc)
     print(json.dumps(output, indent=2, sort_keys=True))
     return 0 if "allowed" in output else 1
-
-
-def _package_rules(engine: EmbeddedEngine, path: str, input_json: str) -> dict[str, object]:
-    """The values of the rules in the decision's package: the ones that held decided."""
-    package = path.rpartition("/")[0]
-    values: dict[str, object] = {}
-    for entrypoint in sorted(engine.entrypoints):
-        if entrypoint.rpartition("/")[0] != package:
-            continue
-        try:
-            value = engine.evaluate_json(entrypoint, input_json).value
-        except PolicyError as exc:
-            values[entrypoint] = f"error: {exc.reason}"
-            continue
-        if value is not UNDEFINED:
-            values[entrypoint] = value
-    return values
 
 
 def add_subcommands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
