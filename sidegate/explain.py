@@ -161,19 +161,15 @@ async def _identity(service: Any, request: Any) -> tuple[dict[str, Any], Any]:
 
 
 def _claiming_source(authenticator: Any, view: RequestView) -> str | None:
-    """The first configured source that finds its credential in the request."""
-    sources = getattr(authenticator, "sources", None)
-    if not sources:
-        return None
-    from sidegate.extauthz.identity import pipeline
-
-    for source, _verifier in sources:
-        try:
-            if pipeline._located(source, view) is not None:
-                return source.name
-        except Exception:  # a source whose location this request cannot have
-            continue
-    return None
+    """The source that takes the request's credential, chosen exactly as authentication
+    chooses it (location, route and token shape); else the one that found an unclaimed one."""
+    select = getattr(authenticator, "select", None)
+    if select is None:
+        return None  # anonymous-only: no sources
+    taken, unclaimed = select(view)
+    if taken is not None:
+        return str(taken[0].name)
+    return unclaimed.name if unclaimed is not None else None
 
 
 async def _policy(service: Any, request: Any, identity: Any) -> dict[str, Any]:

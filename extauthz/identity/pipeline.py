@@ -158,7 +158,12 @@ class IdentityPipeline:
                 ok = False
         return ok
 
-    async def authenticate(self, view: RequestView) -> Identity:
+    def select(
+        self, view: RequestView
+    ) -> tuple[tuple[SourceSettings, Verifier, str] | None, SourceSettings | None]:
+        """Which source takes this request's credential: ``((source, verifier, credential),
+        None)``; else ``(None, source)`` when a credential was found that no source claims (the
+        first source that found it); else ``(None, None)``: no credential at all."""
         unclaimed: SourceSettings | None = None
         pending: str | None = None
         for source, verifier in self.sources:
@@ -176,6 +181,13 @@ class IdentityPipeline:
                 if unclaimed is None:
                     unclaimed, pending = source, credential
                 continue
+            return (source, verifier, credential), None
+        return None, unclaimed
+
+    async def authenticate(self, view: RequestView) -> Identity:
+        taken, unclaimed = self.select(view)
+        if taken is not None:
+            source, verifier, credential = taken
             return await self._verify(source, verifier, credential, view)
         if unclaimed is not None:
             # A credential was sent but no source takes it: a bad credential, never anonymous.
