@@ -16,7 +16,8 @@ class ConfigError(Exception):
     """A config problem, already worded for the operator: file, key path, line, problem."""
 
 
-def _format_loc(loc: tuple[Any, ...]) -> str:
+def format_loc(loc: tuple[Any, ...]) -> str:
+    """A validation location as the key path a reader writes: ``authz.identity.sources[0]``."""
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -42,7 +43,7 @@ def parse_config(text: str | bytes, source: str, base_dir: Path) -> SidegateConf
             line = document.line_of(loc)
             where = f"{source}:{line}" if line else source
             message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{where}: {_format_loc(loc)}: {message}")
+            problems.append(f"{where}: {format_loc(loc)}: {message}")
         raise ConfigError("\n".join(problems)) from None
 
 

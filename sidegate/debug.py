@@ -14,7 +14,6 @@ with ``Authorization: Bearer <token>``, the token taken from the environment var
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import structlog
 from aiohttp import web
 
 from sidegate.config_cli import mask_secrets
+from sidegate.extauthz.identity.fetch import is_loopback_host
 from sidegate.extauthz.identity.metrics import BREAKER_STATE
 from sidegate.ratelimit.metrics import RULE_HITS
 
@@ -33,13 +33,8 @@ State = Callable[[], dict[str, Any]]
 
 
 def is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Whether the admin ``host:port`` listens on loopback only."""
+    return is_loopback_host(address.rpartition(":")[0].strip("[]"))
 
 
 def debug_token(address: str, token_env: str | None) -> tuple[bool, str | None]:

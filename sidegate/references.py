@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sidegate.common.yaml_loader import YamlDocument, YamlError, parse_yaml
+from sidegate.config import format_loc
 from sidegate.extauthz.errors import AuthzConfigError
 from sidegate.extauthz.factory import build_engine
 from sidegate.extauthz.grpc_body import ProtosetDecoder, ProtosetError
@@ -24,13 +25,6 @@ from sidegate.ratelimit.config.loader import check_rule_files
 from sidegate.settings import SidegateConfig
 
 Loc = tuple[Any, ...]
-
-
-def _format_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _config_document(path: Path | None) -> YamlDocument | None:
@@ -110,5 +104,5 @@ def check_references(config: SidegateConfig, config_path: Path | None) -> list[s
         line = document.line_of(loc) if document is not None else None
         where = f"{config_path}:{line}: " if line else (f"{config_path}: " if config_path else "")
         # a problem may span lines (a compile error list): keep it one line per problem
-        out.append(f"{where}{_format_loc(loc)}: {' '.join(problem.splitlines())}")
+        out.append(f"{where}{format_loc(loc)}: {' '.join(problem.splitlines())}")
     return out

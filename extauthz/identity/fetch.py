@@ -30,12 +30,13 @@ def check_url(url: str) -> None:
         raise ValueError(f"URL {url!r} has no host")
     if parts.scheme == "https":
         return
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return
     raise ValueError(f"URL {url!r} must use https (http is allowed only to loopback)")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP address (not a name that merely resolves to one)."""
     if host.lower() in LOOPBACK_NAMES:
         return True
     try:
