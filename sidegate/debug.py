@@ -52,13 +52,24 @@ def debug_token(address: str, token_env: str | None) -> tuple[bool, str | None]:
     return False, None
 
 
+def _authorized(request: web.Request, token: str | None) -> bool:
+    """No token configured (loopback): anyone on the host; else ``Bearer <token>``, compared in
+    constant time."""
+    if token is None:
+        return True
+    given = request.headers.get("Authorization", "")
+    return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "unauthorized"}, status=401)
+
+
 def add_debug_routes(app: web.Application, states: dict[str, State], token: str | None) -> None:
     def handler(state: State) -> Callable[[web.Request], Any]:
         async def answer(request: web.Request) -> web.Response:
-            if token is not None:
-                given = request.headers.get("Authorization", "")
-                if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                    return web.json_response({"error": "unauthorized"}, status=401)
+            if not _authorized(request, token):
+                return _unauthorized()
             return web.json_response(state(), dumps=_dumps)
 
         return answer
@@ -73,10 +84,8 @@ def add_explain_route(app: web.Application, services: Any, token: str | None) ->
     from sidegate.explain import ExplainError, explain, request_from_json
 
     async def answer(request: web.Request) -> web.Response:
-        if token is not None:
-            given = request.headers.get("Authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return web.json_response({"error": "unauthorized"}, status=401)
+        if not _authorized(request, token):
+            return _unauthorized()
         try:
             body = await request.json()
             check, descriptors, domain = request_from_json(body)
