@@ -62,11 +62,12 @@ def check_requests(tokens: list[str]) -> list[Any]:
             id=str(1739216458723645912 + i), method="GET", headers=headers, path=path,
             host="127.0.0.1:10000", scheme="http", protocol="HTTP/1.1",
         )
-        requests.append(external_auth_pb2.CheckRequest(attributes=attribute_context_pb2.AttributeContext(
+        attributes = attribute_context_pb2.AttributeContext(
             source=attribute_context_pb2.AttributeContext.Peer(address=addr(40000 + i % 1000)),
             destination=attribute_context_pb2.AttributeContext.Peer(address=addr(10000)),
             request=attribute_context_pb2.AttributeContext.Request(http=http),
-        )))
+        )
+        requests.append(external_auth_pb2.CheckRequest(attributes=attributes))
     return requests
 
 
@@ -106,7 +107,7 @@ async def drive(call: Callable[[Any], Awaitable[Any]], requests: list[Any], call
 def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server")
     if server is None:
-        raise SystemExit("service_micro: redis-server is not installed (apt-get install redis-server)")
+        raise SystemExit("service_micro: redis-server is missing (apt-get install redis-server)")
     port = free_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],

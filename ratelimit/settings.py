@@ -42,7 +42,8 @@ class RedisSettings(_Strict):
     timeout_seconds: float = Field(default=0.25, gt=0)
     # Seconds to connect to Redis.
     connect_timeout_seconds: float = Field(default=0.5, gt=0)
-    # Pooled connections to Redis.
+    # Calls waiting on Redis at once (more queue inside the timeout). Standalone Redis: all of
+    # them pipelined on one connection; Cluster and Sentinel: pooled connections per node.
     max_connections: int = Field(default=64, ge=1)
     # After a failure Redis is not tried again for this long (calls use the failure mode),
     # then one call probes it.

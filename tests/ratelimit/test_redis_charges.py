@@ -19,6 +19,7 @@ from redis.asyncio.connection import Connection
 
 from sidegate.common import deadline
 from sidegate.ratelimit import metrics
+from sidegate.ratelimit.buckets.redis_pipeline import _Pipe
 from sidegate.ratelimit.failover import FailoverBackend
 from sidegate.ratelimit.service import RateLimitService, RateLimitUnavailable
 from sidegate.ratelimit.settings import RateLimitSettings
@@ -84,9 +85,17 @@ async def _remaining(service: RateLimitService, domain: str, entries: list[tuple
 
 @pytest.fixture
 def evalsha_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts EVALSHA commands written to any Redis socket (the wire, below any retry)."""
+    """Counts EVALSHA commands written to any Redis socket (the wire, below any retry): by
+    the pipelined standalone connection and by redis-py's (Cluster, Sentinel)."""
     writes: list[int] = []
     original = Connection.send_packed_command
+    original_flush = _Pipe._flush
+
+    def counting_flush(self: _Pipe) -> None:
+        writes.extend(1 for command in self._out if b"EVALSHA" in command[:40].upper())
+        original_flush(self)
+
+    monkeypatch.setattr(_Pipe, "_flush", counting_flush)
 
     async def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
         packed = command if isinstance(command, bytes | str) else b"".join(
