@@ -14,6 +14,8 @@ from pydantic import (
     model_validator,
 )
 
+from sidegate.ratelimit.buckets.redis_pipeline import STANDALONE_QUERY_KEYS, unknown_query_keys
+
 FailureMode = Literal["error", "allow", "local"]
 Algorithm = Literal["token_bucket", "fixed_window"]
 DefaultAlgorithm = Literal["auto", "token_bucket", "fixed_window"]
@@ -48,6 +50,18 @@ class RedisSettings(_Strict):
     # After a failure Redis is not tried again for this long (calls use the failure mode),
     # then one call probes it.
     retry_interval_seconds: float = Field(default=1.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_query(cls, value: str) -> str:
+        # A parameter the connection would ignore (mTLS files, say) must not pass silently.
+        unknown = unknown_query_keys(value)
+        if unknown:
+            raise ValueError(
+                f"unsupported URL parameter(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(STANDALONE_QUERY_KEYS))}"
+            )
+        return value
 
     @field_validator("key_prefix")
     @classmethod

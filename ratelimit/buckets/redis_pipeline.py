@@ -39,6 +39,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 STANDALONE_SCHEMES = ("redis", "rediss", "unix")
+# The URL query parameters a standalone URL may carry (redis-py's names for the same things).
+STANDALONE_QUERY_KEYS = frozenset(
+    {"db", "password", "ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile"}
+)
+
+
+def unknown_query_keys(url: str) -> list[str]:
+    """Query parameters of a standalone URL this connection would not honour."""
+    parts = urlsplit(url)
+    if parts.scheme not in STANDALONE_SCHEMES:
+        return []
+    return sorted(set(parse_qs(parts.query)) - STANDALONE_QUERY_KEYS)
 
 
 class NeverSent(RedisConnectionError):
@@ -154,6 +166,8 @@ class _Target:
             if query.get("ssl_cert_reqs", "required") == "none":
                 self.ssl.check_hostname = False
                 self.ssl.verify_mode = ssl.CERT_NONE
+            if "ssl_certfile" in query:  # a client certificate (mutual TLS)
+                self.ssl.load_cert_chain(query["ssl_certfile"], query.get("ssl_keyfile"))
 
     def handshake(self) -> list[bytes]:
         commands: list[bytes] = []

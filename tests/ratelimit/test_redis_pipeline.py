@@ -295,3 +295,18 @@ async def test_hostile_replies_fail_the_call_never_hang_or_crash() -> None:
             await client.aclose()
             server.close()
             await server.wait_closed()
+
+
+def test_url_parameters_the_connection_would_ignore_are_refused(tmp_path: Path) -> None:
+    from sidegate.config import ConfigError, load_config
+
+    config = tmp_path / "sidegate.yaml"
+    config.write_text(
+        "ratelimit:\n  backend: redis\n"
+        "  redis: {url: 'rediss://127.0.0.1:6380/0?ssl_certfile=c.pem&health_check_interval=5'}\n"
+    )
+    with pytest.raises(ConfigError) as failure:
+        load_config(config)
+    message = str(failure.value)
+    assert "ratelimit.redis.url" in message and "health_check_interval" in message
+    assert "ssl_certfile" not in message.split("known:")[0]
