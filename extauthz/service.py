@@ -10,6 +10,7 @@ import structlog
 from google.rpc import code_pb2
 
 from sidegate.common import deadline, tracing
+from sidegate.common.metric_children import LabelledChildren
 from sidegate.extauthz import metrics
 from sidegate.extauthz.check_failure import CHECK_FAILURES, Stage, describe
 from sidegate.extauthz.identity.base import (
@@ -37,6 +38,12 @@ log = structlog.get_logger("sidegate.authz")
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 POLICY_EXTENSION = "policy"
+
+# Counted on every Check: children looked up once per (bounded) label values, see
+# common/metric_children.py (labels() was 3 of the 5 ~0.8 µs lookups per Check).
+_CHECKS = LabelledChildren(metrics.CHECKS)
+_CHECK_SECONDS = LabelledChildren(metrics.CHECK_SECONDS)
+_DECISIONS = LabelledChildren(policy_metrics.DECISIONS)
 
 
 def _challenge(failure: AuthnFailure, realm: str) -> str:
@@ -122,8 +129,8 @@ class AuthzService:
                 "sidegate.decision_id": decision_id,
             }
         )
-        metrics.CHECKS.labels(outcome).inc()
-        metrics.CHECK_SECONDS.labels(outcome).observe(elapsed)
+        _CHECKS(outcome).inc()
+        _CHECK_SECONDS(outcome).observe(elapsed)
         log.info(
             "check",
             decision_id=decision_id,
@@ -230,7 +237,7 @@ class AuthzService:
             return (*self._policy_failed(str(exc), outage, metadata), identity)
         stage.name = "response"
         trace.result = "allow" if decision.allowed else "deny"
-        policy_metrics.DECISIONS.labels(trace.result, str(trace.dry_run).lower()).inc()
+        _DECISIONS(trace.result, str(trace.dry_run).lower()).inc()
         return (*self._apply(decision, metadata, identity, view, trace.dry_run), identity)
 
     async def _evaluate(
