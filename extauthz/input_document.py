@@ -111,8 +111,9 @@ class _Field(NamedTuple):
 def _fields(descriptor: Descriptor) -> tuple[_Field, ...]:
     """The fields of a message type in declaration order (protojson's), read off the
     descriptor once per type: reading ``json_name``, ``GetOptions()`` and friends for every
-    field of every message level was most of a Check's input build (~9 µs -> ~2 µs with
-    these cached). The set of message types is the CheckRequest schema's: bounded."""
+    field of every message level was most of a Check's input build (9.5 -> 4.5 µs for the
+    RBAC input with these cached). The set of message types is the CheckRequest schema's:
+    bounded."""
     fields = []
     for field in descriptor.fields:
         message_type = field.message_type
