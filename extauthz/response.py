@@ -57,7 +57,7 @@ def ok_response(
     dynamic_metadata: Mapping[str, Any] | None = None,
 ) -> CheckResponse:
     # Filled in place: nested constructors copy each message and list into its parent, and a
-    # Struct built apart is copied once more (6.0 -> 4.4 µs per allowed Check, same bytes).
+    # Struct built apart is copied once more (6.0 -> 4.4 µs per allowed Check, same message).
     response = CheckResponse()
     response.status.SetInParent()  # code OK (0): an empty status, present
     ok = response.ok_response
