@@ -7,8 +7,10 @@ and ``input.version``; sidegate adds ``input.identity``.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qs, unquote
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -93,6 +95,45 @@ class _NotSimple(Exception):
     """A named field whose protojson form is left to MessageToDict (bytes, floats, lists...)."""
 
 
+# How _convert_fields converts one field (what a field is never changes).
+_STRING_MAP, _MESSAGE, _SCALAR, _NOT_SIMPLE = range(4)
+
+
+class _Field(NamedTuple):
+    json_name: str
+    name: str
+    kind: int
+    has_presence: bool
+    scalar: Callable[[Any], Any] | None
+
+
+@functools.cache
+def _fields(descriptor: Descriptor) -> tuple[_Field, ...]:
+    """The fields of a message type in declaration order (protojson's), read off the
+    descriptor once per type: reading ``json_name``, ``GetOptions()`` and friends for every
+    field of every message level was most of a Check's input build (9.5 -> 4.5 µs for the
+    RBAC input with these cached). The set of message types is the CheckRequest schema's:
+    bounded."""
+    fields = []
+    for field in descriptor.fields:
+        message_type = field.message_type
+        scalar = None
+        if message_type is not None and message_type.GetOptions().map_entry:
+            entry = message_type.fields_by_name
+            simple = {entry["key"].type, entry["value"].type} == {field.TYPE_STRING}
+            kind = _STRING_MAP if simple else _NOT_SIMPLE
+        elif field.is_repeated:
+            kind = _NOT_SIMPLE
+        elif message_type is not None:
+            kind = _MESSAGE
+        elif field.type in _SCALARS:
+            kind, scalar = _SCALAR, _SCALARS[field.type]
+        else:
+            kind = _NOT_SIMPLE
+        fields.append(_Field(field.json_name, field.name, kind, field.has_presence, scalar))
+    return tuple(fields)
+
+
 def _convert(message: Message, tree: PathTree | None) -> Any:
     """``prune(MessageToDict(message), tree)``, converting only the fields ``tree`` names.
 
@@ -111,28 +152,24 @@ def _convert(message: Message, tree: PathTree | None) -> Any:
 
 def _convert_fields(message: Message, descriptor: Descriptor, tree: PathTree) -> dict[str, Any]:
     document: dict[str, Any] = {}
-    for field in descriptor.fields:
+    for field in _fields(descriptor):
         if field.json_name not in tree:
             continue
         subtree = tree[field.json_name]
+        kind = field.kind
+        if kind == _NOT_SIMPLE:
+            raise _NotSimple
         value = getattr(message, field.name)
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            entry = field.message_type.fields_by_name
-            if {entry["key"].type, entry["value"].type} != {field.TYPE_STRING}:
-                raise _NotSimple
+        if kind == _STRING_MAP:
             if value:
                 document[field.json_name] = prune(dict(value), subtree)
-        elif field.is_repeated:
-            raise _NotSimple
-        elif field.message_type is not None:
+        elif kind == _MESSAGE:
             if message.HasField(field.name):
                 document[field.json_name] = _convert(value, subtree)
-        elif field.type in _SCALARS:
+        else:
             present = message.HasField(field.name) if field.has_presence else bool(value)
             if present:
-                document[field.json_name] = _SCALARS[field.type](value)
-        else:
-            raise _NotSimple
+                document[field.json_name] = field.scalar(value)  # type: ignore[misc]
     return document
 
 

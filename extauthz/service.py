@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from google.rpc import code_pb2
 
 from sidegate.common import deadline, tracing
+from sidegate.common.metric_children import LabelledChildren
 from sidegate.extauthz import metrics
 from sidegate.extauthz.check_failure import CHECK_FAILURES, Stage, describe
 from sidegate.extauthz.identity.base import (
@@ -37,6 +38,22 @@ log = structlog.get_logger("sidegate.authz")
 
 METADATA_NAMESPACE = "envoy.filters.http.ext_authz"
 POLICY_EXTENSION = "policy"
+
+# Counted on every Check: children looked up once per (bounded) label values, see
+# common/metric_children.py (labels() was 3 of the 5 ~0.8 µs lookups per Check).
+_CHECKS = LabelledChildren(metrics.CHECKS)
+_CHECK_SECONDS = LabelledChildren(metrics.CHECK_SECONDS)
+_DECISIONS = LabelledChildren(policy_metrics.DECISIONS)
+
+
+def new_decision_id() -> str:
+    """``str(uuid.uuid4())`` without building a UUID object: 2.5 -> 1.1 µs per Check.
+    16 bytes of os.urandom (as uuid4), version 4 and the RFC 4122 variant set, 8-4-4-4-12 hex."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # variant RFC 4122
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _challenge(failure: AuthnFailure, realm: str) -> str:
@@ -99,7 +116,7 @@ class AuthzService:
         identity, input, policy, response shaping) is caught here once, logged without its
         message (it may quote a credential), counted, and answered per ``on_error``."""
         started = time.perf_counter()
-        decision_id = str(uuid.uuid4())
+        decision_id = new_decision_id()
         trace = PolicyTrace()
         stage = Stage()
         view: RequestView | None = None
@@ -122,8 +139,8 @@ class AuthzService:
                 "sidegate.decision_id": decision_id,
             }
         )
-        metrics.CHECKS.labels(outcome).inc()
-        metrics.CHECK_SECONDS.labels(outcome).observe(elapsed)
+        _CHECKS(outcome).inc()
+        _CHECK_SECONDS(outcome).observe(elapsed)
         log.info(
             "check",
             decision_id=decision_id,
@@ -230,7 +247,7 @@ class AuthzService:
             return (*self._policy_failed(str(exc), outage, metadata), identity)
         stage.name = "response"
         trace.result = "allow" if decision.allowed else "deny"
-        policy_metrics.DECISIONS.labels(trace.result, str(trace.dry_run).lower()).inc()
+        _DECISIONS(trace.result, str(trace.dry_run).lower()).inc()
         return (*self._apply(decision, metadata, identity, view, trace.dry_run), identity)
 
     async def _evaluate(

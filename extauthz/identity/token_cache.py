@@ -10,9 +10,14 @@ import time
 from collections.abc import Callable
 
 from sidegate.common.cache import TTLCache, jittered_ttl
+from sidegate.common.metric_children import LabelledChildren
 from sidegate.extauthz.identity import metrics
 from sidegate.extauthz.identity.base import Identity
 from sidegate.extauthz.identity.cache import credential_key
+
+# One lookup per token-verified request: children looked up once per (configured cache name,
+# result), see common/metric_children.py.
+_LOOKUPS = LabelledChildren(metrics.CACHE_LOOKUPS)
 
 
 class VerifiedTokenCache:
@@ -35,7 +40,7 @@ class VerifiedTokenCache:
 
     def get(self, key: str) -> Identity | None:
         identity = self._entries.get(key)
-        metrics.CACHE_LOOKUPS.labels(self.name, "miss" if identity is None else "hit").inc()
+        _LOOKUPS(self.name, "miss" if identity is None else "hit").inc()
         return identity
 
     def put(self, key: str, identity: Identity, expires_at: float) -> None:

