@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import Counter, Gauge, Histogram
+
+from sidegate.common.metric_children import LabelledChildren
 
 CALLS = Counter(
     "sidegate_ratelimit_calls_total",
@@ -70,23 +70,6 @@ LOCAL_CACHE_HITS = Counter(
 LOCAL_CACHE_SIZE = Gauge("sidegate_ratelimit_local_cache_entries", "Keys in the over-limit cache")
 
 
-# labels() costs microseconds; the hot path keeps the children it asked for once.
-_CALL_CHILDREN: dict[str, tuple[Any, Any]] = {}
-
-
-def _call_children(outcome: str) -> tuple[Any, Any]:
-    children = _CALL_CHILDREN.get(outcome)
-    if children is None:
-        children = _CALL_CHILDREN[outcome] = (
-            CALLS.labels(outcome),
-            CALL_SECONDS.labels(outcome),
-        )
-    return children
-
-
-def call_counter(outcome: str) -> Any:
-    return _call_children(outcome)[0]
-
-
-def call_histogram(outcome: str) -> Any:
-    return _call_children(outcome)[1]
+# Counted on every call: children looked up once per outcome (common/metric_children.py).
+call_counter = LabelledChildren(CALLS)
+call_histogram = LabelledChildren(CALL_SECONDS)
