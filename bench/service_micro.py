@@ -106,7 +106,9 @@ async def drive(call: Callable[[Any], Awaitable[Any]], requests: list[Any], call
 def _start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server")
     if server is None:
-        raise SystemExit("service_micro: redis-server is not installed (apt-get install redis-server)")
+        raise SystemExit(
+            "service_micro: redis-server is not installed (apt-get install redis-server)"
+        )
     port = free_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
