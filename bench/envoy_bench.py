@@ -202,7 +202,7 @@ def run_envoy_bench(workdir: Path, backends: Sequence[Backend], opts: EnvoyBench
 
 
 def _progress_line(run: EnvoyRun) -> str:
-    head = f"  round {run.round} {run.workload:<10} {run.case:<9} {run.backend:<18}"
+    head = f"  round {run.round} {run.workload:<10} {run.case:<9} {run.backend:<22}"
     if run.rate:
         body = (f" @{run.rate:>5.0f}/s: {run.rps:>7,.0f} req/s  p50 {run.paced_p50_ms:6.2f}"
                 f"  p99 {run.paced_p99_ms:7.2f}  p99.9 {run.paced_p999_ms:7.2f} ms"

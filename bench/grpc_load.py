@@ -245,7 +245,7 @@ def run_grpc_bench(workdir: Path, backends: Sequence[Backend], *, runs: int, dur
                 run = GrpcRun(round_index, method, backend.label, client, calls, seconds, p50, p99,
                               cpu)
                 results.append(run)
-                progress(f"  round {round_index} {method:<9} {backend.label:<16} "
+                progress(f"  round {round_index} {method:<9} {backend.label:<20} "
                          f"{run.calls_per_s:>9,.0f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
                          f"  server CPU {cpu:5.0f} us/call")
     return results
