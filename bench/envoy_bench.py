@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Backend, BenchError, Envoy
+from bench.procs import Backend, BenchError, Envoy, null_label
 from bench.stats import Spread, paired_ratios, spread, table
 from bench.wrk import run_wrk
 
@@ -202,7 +202,7 @@ def run_envoy_bench(workdir: Path, backends: Sequence[Backend], opts: EnvoyBench
 
 
 def _progress_line(run: EnvoyRun) -> str:
-    head = f"  round {run.round} {run.workload:<10} {run.case:<9} {run.backend:<18}"
+    head = f"  round {run.round} {run.workload:<10} {run.case:<9} {run.backend:<22}"
     if run.rate:
         body = (f" @{run.rate:>5.0f}/s: {run.rps:>7,.0f} req/s  p50 {run.paced_p50_ms:6.2f}"
                 f"  p99 {run.paced_p99_ms:7.2f}  p99.9 {run.paced_p999_ms:7.2f} ms"
@@ -237,11 +237,6 @@ class CaseSummary:
         return data
 
 
-def _null_label(backend: str) -> str:
-    model = backend.partition("/")[2]
-    return f"null/{model.split('+')[0].split('@')[0]}"
-
-
 def _metric(run: EnvoyRun, metric: str) -> float:
     return float(getattr(run, metric))
 
@@ -262,7 +257,7 @@ def summarize(runs: Sequence[EnvoyRun]) -> list[CaseSummary]:
         mine = [r for r in runs if (r.workload, r.rate, r.case, r.backend) == (*key, backend)]
         vs_null = added = None
         if backend.startswith("sidegate"):
-            null = _null_label(backend)
+            null = null_label(backend)
             vs_null = paired_ratios(_by_round(runs, key, backend), _by_round(runs, key, null))
             vs_null = vs_null if vs_null.n else None
             if rate:

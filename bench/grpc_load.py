@@ -32,7 +32,7 @@ from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 
-from bench.procs import Backend, BenchError, http_get
+from bench.procs import Backend, BenchError, http_get, null_label
 from bench.stats import Spread, paired_ratios, spread, table
 
 METHODS = ("check", "ratelimit")
@@ -245,7 +245,7 @@ def run_grpc_bench(workdir: Path, backends: Sequence[Backend], *, runs: int, dur
                 run = GrpcRun(round_index, method, backend.label, client, calls, seconds, p50, p99,
                               cpu)
                 results.append(run)
-                progress(f"  round {round_index} {method:<9} {backend.label:<16} "
+                progress(f"  round {round_index} {method:<9} {backend.label:<20} "
                          f"{run.calls_per_s:>9,.0f} calls/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms"
                          f"  server CPU {cpu:5.0f} us/call")
     return results
@@ -255,13 +255,12 @@ def summarize_grpc(runs: Sequence[GrpcRun]) -> list[dict[str, Any]]:
     out = []
     for method, backend in dict.fromkeys((r.method, r.backend) for r in runs):
         mine = [r for r in runs if r.method == method and r.backend == backend]
-        kind, _, model = backend.partition("/")
         ratio: Spread | None = None
-        if kind == "sidegate":
+        if backend.startswith("sidegate/"):
             ratio = paired_ratios(
                 {r.round: r.calls_per_s for r in mine},
                 {r.round: r.calls_per_s for r in runs
-                 if r.method == method and r.backend == f"null/{model}"},
+                 if r.method == method and r.backend == null_label(backend)},
             )
         out.append({
             "method": method, "backend": backend, "client": mine[0].client,

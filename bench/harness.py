@@ -34,7 +34,16 @@ from bench.envoy_bench import (
     summarize,
 )
 from bench.grpc_load import render_grpc, run_grpc_bench, summarize_grpc
-from bench.procs import BENCH_DIR, Backend, BenchError, RedisServer, find_binary
+from bench.procs import (
+    BENCH_DIR,
+    LOOPS,
+    REPO_ROOT,
+    Backend,
+    BenchError,
+    RedisServer,
+    find_binary,
+    supports_loop_choice,
+)
 from bench.stats import Spread
 from bench.workload import WORKLOADS, Workload, anonymous_workload, realistic_workload
 from bench.wrk import wrk_binary
@@ -81,6 +90,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sidegate-workers", type=lambda v: tuple(int(x) for x in _csv(v)),
                    default=(1,), help="server.workers of the sidegate backends; several "
                    "values (1,2) run side by side as sidegate/aio, sidegate/aio+2w, ...")
+    p.add_argument("--null-loop", type=_csv, default=("asyncio",),
+                   help="event loop(s) of the null aio service: asyncio,uvloop runs both side "
+                        "by side (null/aio, null/aio+uvloop); null/threads runs no loop")
+    p.add_argument("--sidegate-loop", type=_csv, default=("asyncio",),
+                   help="server.event_loop of the sidegate backends, one or more of "
+                        "asyncio,uvloop (sidegate/aio+uvloop); each is compared with the null "
+                        "service on the same loop")
     p.add_argument("--sidegate-log-level", default="info",
                    choices=("debug", "info", "warning", "error"),
                    help="info = one JSON line per call, as in production")
@@ -102,6 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     bad = [w for w in args.workloads if w not in WORKLOADS]
     if bad:
         p.error(f"unknown workload(s) {bad}; choose from {list(WORKLOADS)}")
+    bad = [loop for loop in (*args.null_loop, *args.sidegate_loop) if loop not in LOOPS]
+    if bad or not args.null_loop or not args.sidegate_loop:
+        p.error(f"unknown event loop(s) {bad}; choose from {list(LOOPS)}")
     if any(w < 1 for w in args.sidegate_workers) or any(r <= 0 for r in args.rates):
         p.error("--sidegate-workers and --rates must be positive")
     if args.runs < 1 or args.duration <= 0 or args.connections < 1:
@@ -145,26 +164,36 @@ def _jsonable(value: Any) -> Any:
 def start_backends(labels: tuple[str, ...], workdir: Path, threads: int,
                    log_level: str, workload: Workload | None = None,
                    workers: tuple[int, ...] = (1,),
-                   compare_root: Path | None = None) -> list[Backend]:
+                   compare_root: Path | None = None,
+                   loops: tuple[str, ...] = ("asyncio",)) -> list[Backend]:
+    """One backend per label and event loop (and per worker count for sidegate). A loop the
+    backend cannot run on (no loop in null/threads, uvloop in a checkout from before
+    server.event_loop) is left out."""
     backends: list[Backend] = []
+
+    def start(kind: Any, model: Any, loop: Any, root: Path = REPO_ROOT, **extra: Any) -> None:
+        if loop != "asyncio" and not supports_loop_choice(kind, model, root):
+            print(f"bench: {kind}/{model} from {root} cannot run on {loop}; left out",
+                  flush=True)
+            return
+        backend = Backend(kind, model, workdir, threads=threads, log_level=log_level,
+                          workload=workload, repo_root=root, loop=loop, **extra)
+        backends.append(backend)
+        backend.start()
+
     try:
         if compare_root is not None:
             for label in labels:
                 kind, _, model = label.partition("/")
                 if kind == "sidegate":
-                    backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
-                                      log_level=log_level, workload=workload,
-                                      name_suffix="@before", repo_root=compare_root.resolve())
-                    backends.append(backend)
-                    backend.start()
+                    for loop in loops:
+                        start(kind, model, loop, compare_root.resolve(), name_suffix="@before")
         for label in labels:
             kind, _, model = label.partition("/")
-            for count in workers if kind == "sidegate" else (1,):
-                backend = Backend(kind, model, workdir, threads=threads,  # type: ignore[arg-type]
-                                  log_level=log_level, workload=workload, workers=count,
-                                  name_suffix="" if count == 1 else f"+{count}w")
-                backends.append(backend)
-                backend.start()
+            for loop in loops:
+                for count in workers if kind == "sidegate" else (1,):
+                    start(kind, model, loop, workers=count,
+                          name_suffix="" if count == 1 else f"+{count}w")
     except BaseException:
         for backend in backends:
             backend.stop()
@@ -203,7 +232,8 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
     nulls = tuple(b for b in args.backends if b.startswith("null/"))
     sidegates = tuple(b for b in args.backends if b.startswith("sidegate/"))
     redis: RedisServer | None = None
-    backends = start_backends(nulls, workdir, args.threads, args.sidegate_log_level)
+    backends = start_backends(nulls, workdir, args.threads, args.sidegate_log_level,
+                              loops=args.null_loop)
     try:
         if not args.skip_envoy:
             runs = []
@@ -216,7 +246,7 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
                             else anonymous_workload())
                 mine = start_backends(sidegates, workdir, args.threads,
                                       args.sidegate_log_level, workload, args.sidegate_workers,
-                                      args.compare_root)
+                                      args.compare_root, args.sidegate_loop)
                 try:
                     runs += _workload_runs(args, workdir, [*backends, *mine], workload)
                 finally:
@@ -236,7 +266,7 @@ def run(args: argparse.Namespace) -> tuple[str, int]:
             sections.append("== HTTP through Envoy (wrk) ==\n" + render(summaries, runs))
         if sidegates and not args.skip_grpc:
             backends += start_backends(sidegates, workdir, args.threads,
-                                       args.sidegate_log_level)
+                                       args.sidegate_log_level, loops=args.sidegate_loop)
         if not args.skip_grpc:
             print(f"gRPC without Envoy ({args.grpc_client} client): {args.grpc_concurrency} "
                   f"calls in flight on {args.grpc_channels} connections", flush=True)

@@ -2,10 +2,12 @@
 
 They do no work beyond decoding the request and encoding a constant answer, so their throughput
 behind Envoy is the ceiling any Python gRPC service reaches on this host with the same server
-model. ``--model aio`` serves with ``grpc.aio``; ``--model threads`` with ``grpc.server`` and a
+model. ``--model aio`` serves with ``grpc.aio``, on asyncio's own loop or with ``--loop uvloop``
+on uvloop (sidegate's ``server.event_loop``); ``--model threads`` with ``grpc.server`` and a
 thread pool, exactly as ``sidegate serve`` does (same options).
 
     python -m bench.null_services --address 127.0.0.1:9191 --model threads --threads 16
+    python -m bench.null_services --address 127.0.0.1:9191 --loop uvloop
 """
 
 from __future__ import annotations
@@ -106,11 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default="127.0.0.1:9191")
     parser.add_argument("--model", choices=("aio", "threads"), default="aio")
     parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio",
+                        help="event loop of the aio model")
     args = parser.parse_args(argv)
     if not args.address.startswith("127.0.0.1:"):
         parser.error("the bench serves on loopback only: --address 127.0.0.1:PORT")
+    if args.model == "threads" and args.loop != "asyncio":
+        parser.error("--loop uvloop: the threads model runs no event loop")
     if args.model == "aio":
-        asyncio.run(serve_aio(args.address))
+        factory = None
+        if args.loop == "uvloop":
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve_aio(args.address))
     else:
         serve_threads(args.address, args.threads)
     return 0

@@ -27,6 +27,8 @@ BENCH_RULES_DIR = BENCH_DIR / "config" / "ratelimit"
 
 Model = Literal["aio", "threads"]
 BackendKind = Literal["null", "sidegate"]
+Loop = Literal["asyncio", "uvloop"]
+LOOPS = ("asyncio", "uvloop")
 
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -143,14 +145,20 @@ class Backend:
     """The gRPC server Envoy calls: the null baseline or ``sidegate serve``.
 
     ``threads`` sizes the thread pool of the ``threads`` model (both kinds use the same number
-    so the comparison is like for like).
+    so the comparison is like for like). ``loop`` is the event loop (sidegate's
+    ``server.event_loop``, the null service's ``--loop``); uvloop shows in the label,
+    ``null/aio+uvloop``. The null ``threads`` model runs no loop: asyncio only.
     """
 
     def __init__(self, kind: BackendKind, model: Model, workdir: Path, threads: int = 16,
                  log_level: str = "info", workload: Any = None, workers: int = 1,
-                 name_suffix: str = "", repo_root: Path = REPO_ROOT) -> None:
+                 name_suffix: str = "", repo_root: Path = REPO_ROOT,
+                 loop: Loop = "asyncio") -> None:
         self.kind = kind
         self.model = model
+        self.loop = loop
+        if loop != "asyncio" and not supports_loop_choice(kind, model, repo_root):
+            raise BenchError(f"{kind}/{model} in {repo_root} cannot run on {loop}")
         self.threads = threads
         # a bench.workload.Workload (None: the anonymous best case); decides sidegate's config
         self.workload = workload
@@ -168,14 +176,16 @@ class Backend:
 
     @property
     def label(self) -> str:
-        return f"{self.kind}/{self.model}{self.name_suffix}"
+        loop = "" if self.loop == "asyncio" else f"+{self.loop}"
+        return f"{self.kind}/{self.model}{loop}{self.name_suffix}"
 
     def _argv(self) -> list[str]:
         if self.kind == "null":
+            loop = ["--loop", self.loop] if self.model == "aio" else []
             return [
                 sys.executable, "-m", "bench.null_services",
                 "--address", f"127.0.0.1:{self.grpc_port}",
-                "--model", self.model, "--threads", str(self.threads),
+                "--model", self.model, "--threads", str(self.threads), *loop,
             ]
         config_path = self.workdir / f"sidegate-{self.label.replace('/', '-')}.yaml"
         config_path.write_text(yaml.safe_dump(self.sidegate_config(), sort_keys=False))
@@ -193,6 +203,8 @@ class Backend:
         }
         if self.workers != 1:
             server["workers"] = self.workers
+        if supports_loop_choice(self.kind, self.model, self.repo_root):
+            server["event_loop"] = self.loop
         if self.workload is not None:
             return _rebase({"server": server, "authz": self.workload.authz,
                             "ratelimit": self.workload.ratelimit}, self.repo_root)
@@ -222,6 +234,22 @@ class Backend:
             for pid in _children(self.child.pid):
                 total += _cpu_of(pid)
         return total
+
+
+def supports_loop_choice(kind: BackendKind, model: Model, repo_root: Path = REPO_ROOT) -> bool:
+    """Can this backend run on uvloop? Not the null threads model (no event loop), nor a
+    ``--compare-root`` checkout from before ``server.event_loop`` (it runs asyncio's loop)."""
+    if kind == "null":
+        return model == "aio"
+    return (repo_root / "sidegate" / "event_loop.py").exists()
+
+
+def null_label(label: str) -> str:
+    """The null baseline a sidegate backend is compared with: same server model, same loop
+    (``sidegate/aio+uvloop+2w@before`` -> ``null/aio+uvloop``)."""
+    model, _, rest = label.partition("/")[2].partition("+")
+    uvloop = model == "aio" and "uvloop" in rest.split("@")[0].split("+")
+    return f"null/{model.split('@')[0]}{'+uvloop' if uvloop else ''}"
 
 
 def _rebase(value: Any, root: Path) -> Any:

@@ -22,7 +22,7 @@ from sidegate import grpc_services as gs
 from sidegate.admin import start_admin
 from sidegate.extauthz.factory import build_authz_service
 from sidegate.extauthz.service import AuthzService
-from sidegate.grpc_guard import AioDecodeGuard, DecodeGuard
+from sidegate.grpc_guard import GuardedServer
 from sidegate.health import component_report
 from sidegate.metrics import READY
 from sidegate.ratelimit.service import RateLimitService
@@ -123,20 +123,20 @@ def _server_options(config: SidegateConfig) -> list[tuple[str, Any]]:
 class _AioServing:
     def __init__(self, app: Sidegate) -> None:
         cfg = app.config.server
-        self.server = grpc.aio.server(
-            options=_server_options(app.config), interceptors=[AioDecodeGuard()]
-        )
+        self.server = grpc.aio.server(options=_server_options(app.config))
+        # Every handler is registered through the decode guard (sidegate/grpc_guard.py).
+        guarded = GuardedServer(self.server)
         self.health = health.aio.HealthServicer()
         if app.authz is not None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-                app.register("authz", gs.AioAuthorization(app.authz, app.tracker)), self.server
+                app.register("authz", gs.AioAuthorization(app.authz, app.tracker)), guarded
             )
         if app.ratelimit is not None:
             rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
-                app.register("ratelimit", gs.AioRateLimit(app.ratelimit, app.tracker)), self.server
+                app.register("ratelimit", gs.AioRateLimit(app.ratelimit, app.tracker)), guarded
             )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        _reflection(app, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        _reflection(app, guarded)
         _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
@@ -154,24 +154,23 @@ class _ThreadServing:
     def __init__(self, app: Sidegate, loop: asyncio.AbstractEventLoop) -> None:
         cfg = app.config.server
         self.pool = futures.ThreadPoolExecutor(cfg.threads, thread_name_prefix="grpc")
-        self.server = grpc.server(
-            self.pool, options=_server_options(app.config), interceptors=[DecodeGuard()]
-        )
+        self.server = grpc.server(self.pool, options=_server_options(app.config))
+        guarded = GuardedServer(self.server)
         self.health = health.HealthServicer()
         # The bridge's wait is bounded by the grace period: no worker thread waits forever.
         bridge = gs.LoopBridge(loop, timeout=cfg.grace_period_s)
         if app.authz is not None:
             external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
                 app.register("authz", gs.ThreadedAuthorization(app.authz, bridge, app.tracker)),
-                self.server,
+                guarded,
             )
         if app.ratelimit is not None:
             rls_pb2_grpc.add_RateLimitServiceServicer_to_server(
                 app.register("ratelimit", gs.ThreadedRateLimit(app.ratelimit, bridge, app.tracker)),
-                self.server,
+                guarded,
             )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        _reflection(app, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, guarded)
+        _reflection(app, guarded)
         _bind(self.server, cfg.grpc_address, cfg.tls)
 
     async def start(self) -> None:
@@ -202,7 +201,7 @@ def _bind(server: Any, address: str, tls: TlsSettings | None = None) -> None:
         raise StartupError(f"cannot bind gRPC address {address} (in use, or not a local address)")
 
 
-def _reflection(app: Sidegate, server: Any) -> None:
+def _reflection(app: Sidegate, server: GuardedServer) -> None:
     if app.config.server.reflection:
         names = [*app._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         enable_reflection(names, server)

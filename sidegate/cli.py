@@ -55,9 +55,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ]
         return run_workers(path, config.server.workers, config.server.grace_period_s, flags)
     configure_logging(config.server.log_level, config.server.log_allowed_sample_rate)
+    from sidegate.event_loop import EventLoopUnavailable, loop_factory
+
     try:
-        asyncio.run(serve(config, path))
-    except StartupError as exc:
+        with asyncio.Runner(loop_factory=loop_factory(config.server.event_loop)) as runner:
+            runner.run(serve(config, path))
+    except (StartupError, EventLoopUnavailable) as exc:
         return _fail(exc, RUNTIME_ERROR)
     except TlsFileError as exc:
         return _fail(exc, INPUT_ERROR)
@@ -93,6 +96,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             load_configuration(config.server.tls)
         except TlsFileError as exc:
             problems.append(str(exc))
+    from sidegate.event_loop import EventLoopUnavailable, loop_factory
+
+    try:
+        loop_factory(config.server.event_loop)
+    except EventLoopUnavailable as exc:
+        problems.append(str(exc))
     if config.authz.enabled:
         from sidegate.extauthz.identity.reachability import unreachable_sources
 

@@ -35,19 +35,28 @@ GC_PAUSE_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 _children = [GC_PAUSE_SECONDS.labels(str(g)) for g in range(3)]
-_started = [0.0]
+# perf_counter() when the running collection started; None: unknown
+_started: list[float | None] = [None]
 
 
 def _observe(phase: str, info: dict[str, int]) -> None:
-    if phase == "start":
-        _started[0] = time.perf_counter()
-        return
-    pause = time.perf_counter() - _started[0]
-    generation = info.get("generation", 2)
-    _children[generation].observe(pause)
-    if pause >= SLOW_PAUSE_S:
-        log.warning("gc_pause", generation=generation, pause_ms=round(pause * 1000, 2),
-                    collected=info.get("collected", 0))
+    try:
+        if phase == "start":
+            _started[0] = time.perf_counter()
+            return
+        if _started[0] is None:
+            return
+        pause = time.perf_counter() - _started[0]
+        generation = info.get("generation", 2)
+        _children[generation].observe(pause)
+        if pause >= SLOW_PAUSE_S:
+            log.warning("gc_pause", generation=generation, pause_ms=round(pause * 1000, 2),
+                        collected=info.get("collected", 0))
+    except RecursionError:
+        # A collection can start deep in a recursive call (json.loads of a hostile body of
+        # thousands of "["), with no stack left for this callback: the pause goes unobserved,
+        # rather than printed as an "Exception ignored" traceback per collection.
+        _started[0] = None
 
 
 def tune_after_startup() -> None:

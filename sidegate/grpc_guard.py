@@ -2,17 +2,25 @@
 
 grpcio deserializes a request before any handler runs; when protobuf raises, grpcio answers
 UNKNOWN (aio) or INTERNAL (thread pool) and logs a traceback per message, for every service on
-the port (Check, ShouldRateLimit, health, reflection). A server interceptor is the one place that
-sees every method's handler: it swaps the handler's deserializer for one that never raises (it
-returns an ``Undecodable`` marker) and refuses the marker before the servicer sees it. Wrapped
-handlers are cached per method, so a call costs one dictionary lookup more.
+the port (Check, ShouldRateLimit, health, reflection). So every method handler is rewritten once,
+when it is registered: its deserializer never raises (it returns an ``Undecodable`` marker) and
+its behaviour refuses the marker before the servicer sees it.
+
+The rewriting happens in ``GuardedServer``, which stands in for the real server in the
+``add_*Servicer_to_server`` functions (generated code, health, reflection). It is not a server
+interceptor: grpc.aio awaits an interceptor's ``intercept_service`` and its continuation on
+every call, before the handler runs; a rewritten handler adds one ``isinstance`` check and one
+frame (the Python side of a null Check: 0.24 us with this guard, 0.81 with the interceptor,
+0.09 bare). Registered methods (what
+grpcio's generated code registers, and what serves a call to a registered method path) are
+rewritten at registration; generic handlers, which grpc consults only for a method path
+nobody registered, are rewritten at their first lookup of each method and kept.
 """
 
 from __future__ import annotations
 
 import inspect
-import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -70,55 +78,34 @@ def _refused(method: str, request: Undecodable) -> tuple[grpc.StatusCode, str]:
     return code, request.reason
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, **changes: Any) -> grpc.RpcMethodHandler:
-    behavior = changes.pop("behavior")
-    deserializer = changes.pop("request_deserializer")
-    kind = (handler.request_streaming, handler.response_streaming)
-    factory = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }[kind]
-    return factory(
-        behavior,
-        request_deserializer=deserializer,
-        response_serializer=handler.response_serializer,
-    )
+_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
 
 
 def _inner_behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
-    kind = (handler.request_streaming, handler.response_streaming)
     return {
         (False, False): handler.unary_unary,
         (False, True): handler.unary_stream,
         (True, False): handler.stream_unary,
         (True, True): handler.stream_stream,
-    }[kind]
+    }[(handler.request_streaming, handler.response_streaming)]
 
 
-class _Cache:
-    """Wrapped handler per method; handlers are fixed once the server runs."""
-
-    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]):
-        self._wrap = wrap
-        self._lock = threading.Lock()
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
-
-    def get(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(method, handler)
-        with self._lock:
-            self._wrapped[method] = (handler, wrapped)
-        return wrapped
-
-
-def _wrap_sync(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _sync_behavior(method: str, handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """For ``grpc.server`` (the thread-pool model): behaviours run in its worker threads."""
     inner = _inner_behavior(handler)
+    if not handler.request_streaming:
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, Undecodable):
+                context.abort(*_refused(method, request))
+            return inner(request, context)
+
+        return unary
 
     def checked(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
         for request in requests:
@@ -126,26 +113,15 @@ def _wrap_sync(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHan
                 context.abort(*_refused(method, request))
             yield request
 
-    if handler.request_streaming:
+    def streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        return inner(checked(requests, context), context)
 
-        def behavior(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
-            return inner(checked(requests, context), context)
-
-    else:
-
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, Undecodable):
-                context.abort(*_refused(method, request))
-            return inner(request, context)
-
-    return _rebuild(
-        handler,
-        behavior=behavior,
-        request_deserializer=safe_deserializer(handler.request_deserializer),
-    )
+    return streaming
 
 
-def _wrap_aio(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def _aio_behavior(method: str, handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    """For ``grpc.aio.server``: the wrapper's kind follows the servicer method's, so the one
+    step per call is the ``isinstance`` check (a stream request's is per message)."""
     inner = _inner_behavior(handler)
 
     async def checked(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
@@ -154,69 +130,100 @@ def _wrap_aio(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHand
                 await context.abort(*_refused(method, request))
             yield request
 
-    async def refuse_if_undecodable(request: Any, context: Any) -> None:
-        if isinstance(request, Undecodable):
-            await context.abort(*_refused(method, request))
-
-    behavior: Callable[..., Any]
     if inspect.isasyncgenfunction(inner):
         # Response streams written by yielding (reflection): stay an async generator.
-        async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            if handler.request_streaming:
-                request = checked(request, context)
-            else:
-                await refuse_if_undecodable(request, context)
+        if handler.request_streaming:
+
+            async def stream_in_stream_out(requests: Any, context: Any) -> AsyncIterator[Any]:
+                async for response in inner(checked(requests, context), context):
+                    yield response
+
+            return stream_in_stream_out
+
+        async def unary_in_stream_out(request: Any, context: Any) -> AsyncIterator[Any]:
+            if isinstance(request, Undecodable):
+                await context.abort(*_refused(method, request))
             async for response in inner(request, context):
                 yield response
 
-        behavior = stream
-    else:
-        # Unary answers, and streams written with context.write (health Watch).
-        async def call(request: Any, context: Any) -> Any:
-            if handler.request_streaming:
-                request = checked(request, context)
-            else:
-                await refuse_if_undecodable(request, context)
-            result = inner(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+        return unary_in_stream_out
+    if handler.request_streaming:
+        # No stream-in method that is not an async generator is registered today.
+        raise TypeError(f"{method}: a request stream needs an async generator servicer method")
+    if inspect.iscoroutinefunction(inner):
+        # Check, ShouldRateLimit, health Check, and health Watch (it writes with context.write).
 
-        behavior = call
-    return _rebuild(
-        handler,
-        behavior=behavior,
+        async def unary(request: Any, context: Any) -> Any:
+            if isinstance(request, Undecodable):
+                await context.abort(*_refused(method, request))
+            return await inner(request, context)
+
+        return unary
+
+    # A plain function (grpcio-health's List, unimplemented: it sets a status and raises) is
+    # called here, on the loop, not in grpc.aio's thread pool.
+    async def plain(request: Any, context: Any) -> Any:
+        if isinstance(request, Undecodable):
+            await context.abort(*_refused(method, request))
+        return inner(request, context)
+
+    return plain
+
+
+def guard_handler(
+    method: str, handler: grpc.RpcMethodHandler, *, aio: bool
+) -> grpc.RpcMethodHandler:
+    """``handler`` with a deserializer that never raises and a behaviour that refuses what
+    did not decode; a handler that takes raw bytes (no deserializer) is left as it is."""
+    if handler.request_deserializer is None:
+        return handler
+    behavior = (_aio_behavior if aio else _sync_behavior)(method, handler)
+    return _FACTORIES[(handler.request_streaming, handler.response_streaming)](
+        behavior,
         request_deserializer=safe_deserializer(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
     )
 
 
-class DecodeGuard(grpc.ServerInterceptor):
-    """For ``grpc.server`` (the thread-pool model)."""
+class _GuardedGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose handlers are guarded, each at its first lookup."""
 
-    def __init__(self) -> None:
-        self._cache = _Cache(_wrap_sync)
+    def __init__(self, inner: grpc.GenericRpcHandler, aio: bool) -> None:
+        self._inner = inner
+        self._aio = aio
+        self._guarded: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        return self._cache.get(handler_call_details.method, handler)
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        handler = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = guard_handler(method, handler, aio=self._aio)
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
 
-class AioDecodeGuard(grpc.aio.ServerInterceptor):
-    """For ``grpc.aio.server``."""
+class GuardedServer:
+    """Stands in for a gRPC server in the ``add_*Servicer_to_server`` functions: forwards the
+    handlers they register with every request decode guarded (``guard_handler``)."""
 
-    def __init__(self) -> None:
-        self._cache = _Cache(_wrap_aio)
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.aio = isinstance(server, grpc.aio.Server)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Any:
-        handler = await continuation(handler_call_details)
-        return self._cache.get(handler_call_details.method, handler)
+    def add_registered_method_handlers(
+        self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
+    ) -> None:
+        guarded = {
+            name: guard_handler(f"/{service_name}/{name}", handler, aio=self.aio)
+            for name, handler in method_handlers.items()
+        }
+        self.server.add_registered_method_handlers(service_name, guarded)
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(
+            tuple(_GuardedGenericHandler(handler, self.aio) for handler in handlers)
+        )

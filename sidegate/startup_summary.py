@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from sidegate import __version__
+from sidegate.event_loop import running_loop_name
 from sidegate.extauthz.service import AuthzService
 from sidegate.ratelimit.service import RateLimitService
 from sidegate.settings import SidegateConfig
@@ -44,7 +45,11 @@ def _identity(authz: AuthzService) -> list[dict[str, Any]]:
 
 def describe(config: SidegateConfig, source: str, authz: AuthzService | None,
              ratelimit: RateLimitService | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"config": source, "version": __version__}
+    out: dict[str, Any] = {
+        "config": source,
+        "version": __version__,
+        "event_loop": running_loop_name(),
+    }
     if authz is not None:
         out.update(_policy(authz))
         out["identity_sources"] = _identity(authz)

@@ -14,7 +14,14 @@ import pytest
 
 from bench import harness
 from bench.envoy_bench import verify_run
-from bench.procs import REPO_ROOT, BenchError, bench_envoy_config
+from bench.procs import (
+    REPO_ROOT,
+    Backend,
+    BenchError,
+    bench_envoy_config,
+    null_label,
+    supports_loop_choice,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,6 +92,38 @@ def test_grpc_load_checks_every_answer(tmp_path: Path, capsys) -> None:
         (m, b) for m in ("check", "ratelimit") for b in ("null/threads", "sidegate/aio")
     }
     assert all(r["calls"] > 0 for r in runs)
+
+
+def test_event_loops_side_by_side_each_against_the_null_on_its_loop(
+    tmp_path: Path, capsys
+) -> None:
+    code = harness.main([
+        "--runs", "1", "--duration", "1", "--grpc-concurrency", "8",
+        "--backends", "null/aio,sidegate/aio", "--null-loop", "asyncio,uvloop",
+        "--sidegate-loop", "uvloop", "--skip-envoy", "--results-dir", str(tmp_path),
+    ])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    grpc = _result(tmp_path)["grpc"]
+    assert {r["backend"] for r in grpc["runs"]} == {
+        "null/aio", "null/aio+uvloop", "sidegate/aio+uvloop"}
+    ratios = {(s["method"], s["backend"]): s["vs_null"] for s in grpc["summary"]}
+    assert ratios[("check", "sidegate/aio+uvloop")]["n"] == 1
+
+
+def test_null_baseline_of_a_backend_shares_its_model_and_loop(tmp_path: Path) -> None:
+    assert null_label("sidegate/aio") == "null/aio"
+    assert null_label("sidegate/aio+2w") == "null/aio"
+    assert null_label("sidegate/aio+uvloop") == "null/aio+uvloop"
+    assert null_label("sidegate/aio+uvloop+2w@before") == "null/aio+uvloop"
+    assert null_label("sidegate/aio@before") == "null/aio"
+    assert null_label("sidegate/threads+uvloop") == "null/threads"
+    assert supports_loop_choice("null", "aio") and not supports_loop_choice("null", "threads")
+    assert supports_loop_choice("sidegate", "threads")
+    # a checkout from before server.event_loop runs asyncio only
+    assert not supports_loop_choice("sidegate", "aio", tmp_path)
+    with pytest.raises(BenchError, match="cannot run on uvloop"):
+        Backend("null", "threads", tmp_path, loop="uvloop")
 
 
 def test_missing_wrk_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:

@@ -28,7 +28,10 @@ UNARY = {
         "envoy.service.ratelimit.v3.RateLimitRequest",
     "/grpc.health.v1.Health/Check": "grpc.health.v1.HealthCheckRequest",
 }
-REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+REFLECTION = (
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+)
 GARBAGE = [b"\xff\xff\xff", b"\x0a\xff\xff\xff\xff\x0f", b"\x0a" * 50, b"\x12\x05ab"]
 
 
@@ -85,12 +88,16 @@ def test_undecodable_requests_get_invalid_argument_without_traceback(server):
                     call(garbage, timeout=10)
                 assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
                 assert failed.value.details() == f"request does not decode as {message}"
-        stream = channel.stream_stream(
-            REFLECTION, request_serializer=_identity, response_deserializer=_identity
-        )
-        with pytest.raises(grpc.RpcError) as failed:
-            list(stream(iter([GARBAGE[0]]), timeout=10))
-        assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        for method in REFLECTION:
+            stream = channel.stream_stream(
+                method, request_serializer=_identity, response_deserializer=_identity
+            )
+            with pytest.raises(grpc.RpcError) as failed:
+                list(stream(iter([GARBAGE[0]]), timeout=10))
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+            assert failed.value.details() == (
+                "request does not decode as grpc.reflection.v1alpha.ServerReflectionRequest"
+            )
         watch = channel.unary_stream(
             "/grpc.health.v1.Health/Watch", request_serializer=_identity,
             response_deserializer=_identity,
@@ -101,11 +108,13 @@ def test_undecodable_requests_get_invalid_argument_without_traceback(server):
         _still_serves(channel)
     time.sleep(0.2)
     refused = [r for r in server.logs() if r.get("event") == "undecodable_request"]
-    assert len(refused) == len(UNARY) * len(GARBAGE) + 2
+    assert len(refused) == len(UNARY) * len(GARBAGE) + len(REFLECTION) + 1
     assert all(r["level"] == "warning" for r in refused)
     metrics = server.metrics()
     assert 'sidegate_grpc_errors_total{code="INVALID_ARGUMENT",service="authz"} 4.0' in metrics
+    assert 'sidegate_grpc_errors_total{code="INVALID_ARGUMENT",service="ratelimit"} 4.0' in metrics
     assert 'sidegate_grpc_errors_total{code="INVALID_ARGUMENT",service="health"} 5.0' in metrics
+    assert 'sidegate_grpc_errors_total{code="INVALID_ARGUMENT",service="reflection"} 2.0' in metrics
     _assert_clean_log(server)
 
 

@@ -72,3 +72,30 @@ def test_gc_tuning_freezes_start_up_objects_and_observes_pauses() -> None:
         gc.set_threshold(*before)
         if gc_tuning._observe in gc.callbacks:
             gc.callbacks.remove(gc_tuning._observe)
+
+
+def test_gc_pause_observer_survives_collections_at_the_recursion_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hostile body of thousands of "[" makes json.loads recurse to the interpreter's limit;
+    a young collection that starts down there runs the observer with almost no stack left.
+    Its sample is dropped, not printed as an "Exception ignored" traceback."""
+    import random
+
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    before = gc.get_threshold()
+    rng = random.Random(1)
+    keep: list[list[list[int]]] = []
+    try:
+        gc.set_threshold(*gc_tuning.THRESHOLDS)
+        gc.callbacks.append(gc_tuning._observe)
+        for _ in range(5000):
+            # a varying number of live objects: collections start at varying depths
+            keep = [*keep[-50:], [[] for _ in range(rng.randint(0, 700))]]
+            with pytest.raises(RecursionError):
+                json.loads(b"[" * rng.randint(1000, 3000))
+    finally:
+        gc.callbacks.remove(gc_tuning._observe)
+        gc.set_threshold(*before)
+    assert not unraisable

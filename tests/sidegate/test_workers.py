@@ -82,6 +82,10 @@ def test_two_workers_serve_both_services_share_quotas_and_stop_on_sigterm(
         supervisor = proc.proc.pid
         assert _wait(lambda: len(_children(supervisor)) == 2), proc.output()
         workers = _children(supervisor)
+        # /readyz is worker 0's; the other may still be starting (a SIGTERM then kills it).
+        assert _wait(lambda: sum(r.get("event") == "serving" for r in proc.logs()) == 2), (
+            proc.output()
+        )
         # Each channel is its own connection; the kernel spreads them over the workers.
         channels = [grpc.insecure_channel(f"127.0.0.1:{proc.grpc_port}",
                                           options=[("grpc.use_local_subchannel_pool", 1)])
