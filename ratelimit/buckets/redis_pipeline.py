@@ -73,11 +73,10 @@ class _Pipe(asyncio.Protocol):
         self._reader = hiredis.Reader()
         self._pending: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._out: list[bytes] = []
-        self._transport: asyncio.Transport | None = None
+        self._transport: Any = None  # asyncio's or uvloop's transport (not asyncio subclasses)
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self._transport = transport
 
     def data_received(self, data: bytes) -> None:
