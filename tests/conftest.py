@@ -5,7 +5,6 @@ A missing ``redis-server`` is a failure, never a skip: CI must not pass without 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -13,7 +12,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -111,12 +109,3 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     finally:
         server.stop()
 
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> Any:
-    """Tests marked ``both_loops`` run on asyncio's loop and on uvloop, the two loops
-    ``sidegate serve`` runs on (uvloop's transports are not asyncio's classes)."""
-    if item.get_closest_marker("both_loops") is None:
-        return None
-    import uvloop
-
-    return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

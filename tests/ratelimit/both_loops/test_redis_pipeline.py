@@ -2,8 +2,8 @@
 times out, breaks or arrives garbled; set-up (AUTH, SELECT, Unix sockets) as redis-py does it.
 
 Against real redis-server processes, plus a fake loopback server for hostile replies, on
-asyncio's loop and on uvloop (``server.event_loop``; uvloop's transports are not asyncio's
-classes). Assertions are on answers and charges, never on wall time.
+asyncio's loop and on uvloop (this directory's conftest). Assertions are on answers and
+charges, never on wall time.
 """
 
 from __future__ import annotations
@@ -28,8 +28,6 @@ from sidegate.ratelimit.buckets.redis_pipeline import (
 )
 from sidegate.ratelimit.settings import RedisSettings
 from tests.conftest import RedisServer
-
-pytestmark = pytest.mark.both_loops
 
 
 def bucket(key: str, limit: int = 1000, hits: int = 1) -> BucketRequest:
