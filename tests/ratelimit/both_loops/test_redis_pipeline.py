@@ -100,7 +100,7 @@ async def test_no_reply_past_the_socket_timeout_closes_the_connection(
     admin = redis.Redis.from_url(redis_server.url)
     try:
         await client.execute_command("SET", "pause:k", "1")
-        admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+        admin.execute_command("CLIENT", "PAUSE", 10000, "WRITE")  # held until UNPAUSE
         stuck = asyncio.create_task(client.execute_command("INCR", "pause:k"))
         await asyncio.sleep(0)
         with pytest.raises(TimeoutError):
@@ -123,7 +123,7 @@ async def test_a_killed_connection_fails_its_calls_and_is_replaced(
     assert await pipelined.execute_command("PING") == b"PONG"
     admin.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
     with pytest.raises(ConnectionLost):
-        for _ in range(50):  # the close may take a moment to reach this side
+        for _ in range(500):  # the close may take a moment to reach this side
             await pipelined.execute_command("PING")
             await asyncio.sleep(0.01)
     assert await pipelined.execute_command("PING") == b"PONG"
