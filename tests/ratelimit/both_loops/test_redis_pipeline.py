@@ -41,6 +41,17 @@ async def pipelined(redis_server: RedisServer) -> AsyncIterator[PipelinedRedis]:
     await client.aclose()
 
 
+@pytest.fixture
+async def backend(redis_server: RedisServer) -> AsyncIterator[RedisBackend]:
+    """RedisBackend over the pipelined connection, started (script loaded), keys under t:."""
+    started = RedisBackend(
+        PipelinedRedis(redis_server.url, socket_timeout=5.0, connect_timeout=2.0), "t:", 5.0
+    )
+    await started.start()
+    yield started
+    await started.close()
+
+
 def test_standalone_urls_get_the_pipelined_connection() -> None:
     for url in ("redis://127.0.0.1:6379/0", "rediss://127.0.0.1:6380/1", "unix:///run/r.sock"):
         assert isinstance(client_from_settings(RedisSettings(url=url)), PipelinedRedis)
@@ -55,18 +66,9 @@ async def test_concurrent_calls_each_get_their_own_reply(pipelined: PipelinedRed
     assert results == [i + 1 for i in range(300)]
 
 
-async def test_buckets_admit_exactly_under_concurrency(redis_server: RedisServer) -> None:
-    backend = RedisBackend(
-        PipelinedRedis(redis_server.url, socket_timeout=5.0, connect_timeout=2.0),
-        "exact:", timeout=5.0,
-    )
-    await backend.start()
-    try:
-        await backend.client.execute_command("DEL", "exact:b")
-        results = await asyncio.gather(*(backend.take([bucket("b", limit=50)]) for _ in range(200)))
-        assert sum(result[0].allowed for result in results) == 50
-    finally:
-        await backend.close()
+async def test_buckets_admit_exactly_under_concurrency(backend: RedisBackend) -> None:
+    results = await asyncio.gather(*(backend.take([bucket("b", limit=50)]) for _ in range(200)))
+    assert sum(result[0].allowed for result in results) == 50
 
 
 async def test_a_call_given_up_on_does_not_shift_the_replies(
@@ -156,35 +158,20 @@ async def test_redis_down_is_never_sent_and_retried_once(tmp_path: Path) -> None
 
 
 async def test_noscript_is_loaded_again_and_nothing_is_charged_twice(
-    redis_server: RedisServer,
+    backend: RedisBackend,
 ) -> None:
-    backend = RedisBackend(
-        PipelinedRedis(redis_server.url, socket_timeout=5.0, connect_timeout=2.0), "ns:", 5.0
-    )
-    await backend.start()
-    try:
-        await backend.client.execute_command("DEL", "ns:k")
-        await backend.client.execute_command("SCRIPT", "FLUSH")
-        with pytest.raises(NoScriptError):
-            await backend.client.evalsha(backend.sha, 0)
-        first = await backend.take([bucket("k", limit=10)])
-        assert first[0].remaining == 9
-        second = await backend.take([bucket("k", limit=10)])
-        assert second[0].remaining == 8
-    finally:
-        await backend.close()
+    await backend.client.execute_command("SCRIPT", "FLUSH")
+    with pytest.raises(NoScriptError):
+        await backend.client.evalsha(backend.sha, 0)
+    assert (await backend.take([bucket("k", limit=10)]))[0].remaining == 9
+    assert (await backend.take([bucket("k", limit=10)]))[0].remaining == 8
 
 
 async def test_deadline_shorter_than_the_timeout_keeps_redis_up(
-    redis_server: RedisServer,
+    redis_server: RedisServer, backend: RedisBackend
 ) -> None:
-    backend = RedisBackend(
-        PipelinedRedis(redis_server.url, socket_timeout=5.0, connect_timeout=2.0), "dl:", 5.0
-    )
-    await backend.start()
     admin = redis.Redis.from_url(redis_server.url)
     try:
-        await backend.client.execute_command("DEL", "dl:d")
         admin.execute_command("CLIENT", "PAUSE", 10000, "WRITE")  # held until UNPAUSE
         token = deadline.start_call(0.05)
         try:
@@ -198,7 +185,6 @@ async def test_deadline_shorter_than_the_timeout_keeps_redis_up(
     finally:
         admin.execute_command("CLIENT", "UNPAUSE")
         admin.close()
-        await backend.close()
 
 
 @pytest.fixture
