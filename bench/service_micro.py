@@ -90,14 +90,24 @@ def rate_limit_requests(consumers: int) -> list[Any]:
     ]
 
 
+def _allowed(response: Any) -> bool:
+    return response.status.code == 0 and response.HasField("ok_response")
+
+
+def _not_limited(response: Any) -> bool:
+    return response.overall_code == rls_pb2.RateLimitResponse.OK
+
+
 async def drive(call: Callable[[Any], Awaitable[Any]], requests: list[Any], calls: int,
-                concurrency: int) -> float:
-    """CPU seconds per call of ``calls`` calls, ``concurrency`` in flight."""
+                concurrency: int, ok: Callable[[Any], bool]) -> float:
+    """CPU seconds per call of ``calls`` calls, ``concurrency`` in flight; every answer must
+    pass ``ok`` (allowed, not limited), or the run stops: a fast wrong answer measures nothing."""
     feed = itertools.islice(itertools.cycle(requests), calls)
 
     async def worker() -> None:
         for request in feed:
-            await call(request)
+            if not ok(await call(request)):
+                raise SystemExit(f"service_micro: unexpected answer to {request!r:.200}")
 
     cpu = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -149,27 +159,31 @@ async def run(args: argparse.Namespace) -> None:
         await ratelimit.start()
         assert workload.tokens_file is not None
         tokens = workload.tokens_file.read_text().split()
-        cases: dict[str, tuple[Callable[[Any], Awaitable[Any]], list[Any]]] = {
-            "check": (authz.check, check_requests(tokens)),
-            "should_rate_limit": (ratelimit.should_rate_limit, rate_limit_requests(args.tokens)),
+        cases: dict[str, tuple[Callable[[Any], Awaitable[Any]], list[Any], Any]] = {
+            "check": (authz.check, check_requests(tokens), _allowed),
+            "should_rate_limit": (
+                ratelimit.should_rate_limit, rate_limit_requests(args.tokens), _not_limited
+            ),
         }
         # warm: every token verified once, every decision cached once, every match memoised
-        for call, requests in cases.values():
-            await drive(call, requests, len(requests), args.concurrency)
+        for call, requests, ok in cases.values():
+            await drive(call, requests, len(requests), args.concurrency, ok)
         results: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.rounds):
-            for name, (call, requests) in cases.items():
-                results[name].append(await drive(call, requests, args.calls, args.concurrency))
+            for name, (call, requests, ok) in cases.items():
+                results[name].append(
+                    await drive(call, requests, args.calls, args.concurrency, ok)
+                )
         for name, values in results.items():
             us = [v * 1e6 for v in values]
             print(f"{name:18} {statistics.median(us):7.1f} us/call CPU "
                   f"({min(us):.1f}-{max(us):.1f}), {args.rounds} rounds x {args.calls} calls",
                   file=sys.stderr)
         if args.profile:
-            for name, (call, requests) in cases.items():
+            for name, (call, requests, ok) in cases.items():
                 profiler = cProfile.Profile()
                 profiler.enable()
-                await drive(call, requests, args.calls, args.concurrency)
+                await drive(call, requests, args.calls, args.concurrency, ok)
                 profiler.disable()
                 out = io.StringIO()
                 pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(args.top)

@@ -126,6 +126,22 @@ def test_null_baseline_of_a_backend_shares_its_model_and_loop(tmp_path: Path) ->
         Backend("null", "threads", tmp_path, loop="uvloop")
 
 
+def test_service_micro_runs_and_checks_every_answer() -> None:
+    """bench.service_micro on the realistic config: every Check allowed, every
+    ShouldRateLimit OK (it stops on any other answer), one line per call kind."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.service_micro", "--calls", "200", "--rounds", "1",
+         "--tokens", "20", "--concurrency", "4"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if "us/call CPU" in line]
+    assert [line.split()[0] for line in lines] == ["check", "should_rate_limit"]
+
+
 def test_missing_wrk_is_a_clear_error(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     code = harness.main(["--runs", "1", "--duration", "1", "--workloads", "anonymous",
