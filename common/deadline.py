@@ -13,7 +13,8 @@ while handling the call inherit the value, other calls never see it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar, Token
 
 # Answer this much before the caller's deadline (a share of the call's budget, within bounds):
@@ -41,6 +42,17 @@ def start_call(time_remaining: float | None, clock: Clock = time.monotonic) -> T
 
 def end_call(token: Token[float | None]) -> None:
     _deadline.reset(token)
+
+
+@contextmanager
+def within_call(time_remaining: float | None, clock: Clock = time.monotonic) -> Iterator[None]:
+    """``start_call`` on entry, ``end_call`` on exit: the block runs as inside a gRPC call with
+    ``time_remaining`` seconds left."""
+    token = start_call(time_remaining, clock)
+    try:
+        yield
+    finally:
+        end_call(token)
 
 
 def remaining(clock: Clock = time.monotonic) -> float | None:

@@ -117,12 +117,8 @@ async def _within_deadline(
     Set inside the coroutine: in the thread model it runs as a new task on the loop, and the
     deadline and the span must live in that task's context.
     """
-    token = deadline.start_call(context.time_remaining())
-    try:
-        with tracing.server_span(span, carrier):
-            return await call
-    finally:
-        deadline.end_call(token)
+    with deadline.within_call(context.time_remaining()), tracing.server_span(span, carrier):
+        return await call
 
 
 def _check_carrier(request: Any) -> Mapping[str, str] | None:

@@ -211,11 +211,9 @@ async def test_redis_key_lookup_waits_only_the_calls_remaining_time() -> None:
     store = RedisKeyStore("redis://127.0.0.1:1/0", timeout=30.0)
     hanging = HangingRedis()
     store._client = hanging  # type: ignore[assignment]
-    call = deadline.start_call(0.1)
     try:
-        with pytest.raises(KeyStoreUnavailable, match="call's time"):
+        with deadline.within_call(0.1), pytest.raises(KeyStoreUnavailable, match="call's time"):
             await asyncio.wait_for(store.lookup("a" * 64), 20.0)
     finally:
-        deadline.end_call(call)
         hanging.release.set()
         store._client = None

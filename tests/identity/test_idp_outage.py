@@ -170,11 +170,8 @@ async def hanging(rsa_key: SigningKey) -> AsyncIterator[HangingIdP]:
 
 async def verify_within(verifier: JwtVerifier, token: str, seconds: float) -> Any:
     """verify() as inside a gRPC call with ``seconds`` remaining."""
-    call = deadline.start_call(seconds)
-    try:
+    with deadline.within_call(seconds):
         return await asyncio.wait_for(verifier.verify(token, None), GUARD_S)  # type: ignore[arg-type]
-    finally:
-        deadline.end_call(call)
 
 
 async def test_new_kid_refetch_waits_only_the_calls_remaining_time(
@@ -212,15 +209,11 @@ async def test_no_time_left_is_an_outage_without_waiting(
     hanging.hang()
     await v.start()  # the startup fetch hangs in the background
     try:
-        call = deadline.start_call(0.0)
-        try:
-            with pytest.raises(AuthnFailure) as info:
-                await asyncio.wait_for(
-                    v.verify(rsa_key.sign(claims(hanging)), None),  # type: ignore[arg-type]
-                    GUARD_S,
-                )
-        finally:
-            deadline.end_call(call)
+        with deadline.within_call(0.0), pytest.raises(AuthnFailure) as info:
+            await asyncio.wait_for(
+                v.verify(rsa_key.sign(claims(hanging)), None),  # type: ignore[arg-type]
+                GUARD_S,
+            )
         assert info.value.kind == "unavailable"
     finally:
         await v.close()

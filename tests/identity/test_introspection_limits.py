@@ -129,12 +129,8 @@ async def test_a_hanging_server_is_503_at_the_calls_deadline(
     # the call's own timeout is longer than the Check's time: only the gRPC deadline can end
     # the wait in time (before, it waited the full 2.5 s and reported "timeout")
     v = await make_verifier(timeout=2.5)
-    call = deadline.start_call(0.2)
-    try:
-        with pytest.raises(Exception) as info:
-            await asyncio.wait_for(v.verify("tok-slow", VIEW), GUARD_S)
-    finally:
-        deadline.end_call(call)
+    with deadline.within_call(0.2), pytest.raises(Exception) as info:
+        await asyncio.wait_for(v.verify("tok-slow", VIEW), GUARD_S)
     failure = info.value
     assert (failure.kind, failure_code(failure)) == ("unavailable", "deadline")  # type: ignore[attr-defined]
     # a waiter giving up is no verdict on the endpoint

@@ -108,16 +108,15 @@ async def test_timeout_is_an_outage_counted_apart(standin):
 
 async def test_no_time_left_in_the_call_is_a_timeout_without_asking_opa(standin):
     service = await service_for(standin.url, opa_timeout=5.0)
-    token = deadline.start_call(0.0)
     try:
         before_timeouts, before_denials = errors("timeout"), denials()
-        response = await service.check(check_request())
+        with deadline.within_call(0.0):
+            response = await service.check(check_request())
         assert status_of(response) == 503
         assert errors("timeout") == before_timeouts + 1
         assert denials() == before_denials
         assert standin.requests == 0  # nothing was sent: the answer could not be used
     finally:
-        deadline.end_call(token)
         await service.close()
 
 
@@ -126,17 +125,16 @@ async def test_the_call_deadline_cuts_the_opa_wait(standin):
     # (0.3 s) can end the wait this early; the bound below is generous (the machine is slow).
     standin.delay = 120.0
     service = await service_for(standin.url, opa_timeout=60.0)
-    token = deadline.start_call(0.3)
     try:
         before = errors("timeout")
         started = time.monotonic()
-        response = await service.check(check_request())
+        with deadline.within_call(0.3):
+            response = await service.check(check_request())
         assert time.monotonic() - started < 30.0
         assert status_of(response) == 503
         assert errors("timeout") == before + 1
         assert standin.requests == 1
     finally:
-        deadline.end_call(token)
         await service.close()
 
 

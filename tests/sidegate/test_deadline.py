@@ -77,3 +77,14 @@ async def test_each_task_sees_only_its_own_call() -> None:
     assert seen["short"] == pytest.approx(0.018)
     assert seen["long"] == pytest.approx(0.95)
     assert deadline.remaining() is None
+
+
+
+def test_within_call_sets_the_deadline_for_the_block_only() -> None:
+    clock = FakeClock()
+    with deadline.within_call(0.2, clock):
+        assert deadline.remaining(clock) == pytest.approx(0.18)  # less the 10 % margin
+    assert deadline.remaining(clock) is None
+    with pytest.raises(ValueError), deadline.within_call(0.2, clock):
+        raise ValueError("the block failed")
+    assert deadline.remaining(clock) is None

@@ -173,12 +173,10 @@ async def test_deadline_shorter_than_the_timeout_keeps_redis_up(
     admin = redis.Redis.from_url(redis_server.url)
     try:
         admin.execute_command("CLIENT", "PAUSE", 10000, "WRITE")  # held until UNPAUSE
-        token = deadline.start_call(0.05)
         try:
-            with pytest.raises(DeadlineReached):
+            with deadline.within_call(0.05), pytest.raises(DeadlineReached):
                 await backend.take([bucket("d")])
         finally:
-            deadline.end_call(token)
             admin.execute_command("CLIENT", "UNPAUSE")
         # the connection survived; the given-up call ran once when Redis got to it
         assert (await backend.take([bucket("d", limit=1000)]))[0].remaining == 998
