@@ -102,6 +102,14 @@ def _hosts(netloc: str, default_port: int) -> list[tuple[str, int]]:
 
 
 def client_from_settings(settings: RedisSettings) -> Any:
+    url = settings.url
+    parts = urlsplit(url)
+    if parts.scheme in STANDALONE_SCHEMES:
+        return PipelinedRedis(
+            url,
+            socket_timeout=settings.timeout_seconds,
+            connect_timeout=settings.connect_timeout_seconds,
+        )
     common: dict[str, Any] = {
         "socket_timeout": settings.timeout_seconds,
         "socket_connect_timeout": settings.connect_timeout_seconds,
@@ -110,8 +118,6 @@ def client_from_settings(settings: RedisSettings) -> Any:
         # RedisBackend retries by itself, only when the command was certainly never sent.
         "retry": Retry(NoBackoff(), 0),
     }
-    url = settings.url
-    parts = urlsplit(url)
     password = unquote(parts.password) if parts.password else None
     username = unquote(parts.username) if parts.username else None
     if parts.scheme == "redis+cluster":
@@ -134,12 +140,6 @@ def client_from_settings(settings: RedisSettings) -> Any:
             password=password,
             username=username,
             max_connections=settings.max_connections,
-        )
-    if parts.scheme in STANDALONE_SCHEMES:
-        return PipelinedRedis(
-            url,
-            socket_timeout=settings.timeout_seconds,
-            connect_timeout=settings.connect_timeout_seconds,
         )
     raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
 
